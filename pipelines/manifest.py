@@ -1,0 +1,93 @@
+"""``manifest.json``: what a dataset is and what made it.
+
+The dataset version is a hash of what made the dataset (clip config, feature version, classifier
+version and threshold, source list hash, and every kept clip with its content hash, in order), so a
+rebuild with nothing new gives the same version. The manifest holds no timestamps or run IDs: equal
+inputs give a byte-identical file (run history lives in the audit log).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pipelines.atomic import write_json
+from pipelines.shard import ShardInfo
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def dataset_version(
+    *,
+    clip_config: Mapping[str, Any],
+    feature_version: str,
+    model_version: str | None,
+    threshold: float | None,
+    sources_hash: str,
+    clips: Sequence[tuple[str, str]],
+) -> str:
+    """A 16-hex-digit hash of what made the dataset.
+
+    Args:
+        clips: ``(clip_id, sha256 of the clip mp4)`` for every kept clip, in dataset order.
+    """
+    payload = {
+        "format": FORMAT_VERSION,
+        "clip_config": dict(clip_config),
+        "feature_version": feature_version,
+        "model_version": model_version,
+        "threshold": threshold,
+        "sources_hash": sources_hash,
+        "clips": [list(c) for c in clips],
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def build_manifest(
+    *,
+    dataset: str,
+    version: str,
+    shards: Sequence[ShardInfo],
+    plans: Sequence[str],
+    clip_config: Mapping[str, Any],
+    feature_version: str,
+    model_version: str | None,
+    threshold: float | None,
+    sources_hash: str,
+    counts: Mapping[str, Mapping[str, Mapping[str, int]]],
+) -> dict[str, Any]:
+    """The manifest as a plain dict; ``counts`` is step -> decision -> reason -> count."""
+    return {
+        "format": FORMAT_VERSION,
+        "dataset": dataset,
+        "version": version,
+        "n_samples": sum(s.n_samples for s in shards),
+        "shards": [dict(asdict(s), plan=p) for s, p in zip(shards, plans, strict=True)],
+        "clip_config": dict(clip_config),
+        "feature_version": feature_version,
+        "classifier": {"version": model_version, "threshold": threshold},
+        "sources_hash": sources_hash,
+        "counts": {s: {d: dict(sorted(r.items())) for d, r in v.items()} for s, v in counts.items()},
+    }
+
+
+def write_manifest(root: Path, manifest: Mapping[str, Any]) -> Path:
+    path = root / MANIFEST_NAME
+    write_json(path, manifest)
+    return path
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    """The manifest under ``root``, or None when there is none yet."""
+    path = Path(root) / MANIFEST_NAME
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as fh:
+        data: dict[str, Any] = json.load(fh)
+    return data
