@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up this checkout on a fresh machine: ffmpeg/ffprobe and a virtualenv (.venv) with the project.
+# Idempotent: a second run only checks. Usage: bash infra/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+  echo "setup: installing ffmpeg (Debian package)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+# Quiet pip, but keep its errors. torch==2.13.0 is a CPU wheel this machine's pip finds on disk.
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import genie, filters, pipelines, prefect, torch" \
+  || { echo "setup: the environment is incomplete" >&2; exit 1; }
+echo "setup: ok ($(.venv/bin/python -c 'import prefect, torch; print("prefect", prefect.__version__, "torch", torch.__version__)'), $(ffmpeg -version | head -1 | cut -d' ' -f1-3))"
