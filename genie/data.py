@@ -1,0 +1,614 @@
+"""WebDataset shards -> batches of video windows (or of precomputed tokens) for training.
+
+Shards are the build-dataset contract (see DESIGN.md): `shards/{dataset}-{i:06d}.tar`, per sample
+`{clip_id}.mp4` (H.264, 160x90, 10 FPS, 160 frames) and `{clip_id}.json` (metadata). The reading
+side is webdataset's tar iterators; the splitting, shuffling and batching are ours so that the
+stream is a pure function of (seed, rank, world size, worker, number of workers) and can resume
+exactly from a batch count:
+
+- each epoch permutes the shard list with `seed + epoch`; rank r takes `perm[r::world]`, worker w
+  of W takes `[w::W]` of that, so within an epoch ranks and workers read disjoint shards;
+- samples pass a seeded shuffle buffer, then are decoded and windowed (the window start is drawn
+  from a generator keyed by `(seed, epoch, crc32(clip_id))`, so it does not depend on order);
+- each worker batches its own samples; torch's DataLoader takes batches from workers round-robin,
+  so batch i came from worker i % W and resuming at batch n means worker w skips
+  `len(range(w, n, W))` batches. Skipped samples are read from the tar but never decoded.
+
+Token shards (`write_token_shards`) store each clip's encoder output once, so dynamics training
+does not run the tokenizer every step; `token_loader` streams windows of them the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+log = logging.getLogger(__name__)
+
+Sample = dict[str, Any]  # one tar sample: {"__key__", "__url__", "mp4", "json", ...} as bytes
+MakeSample = Callable[[Sample, int], list[Any]]  # (sample, epoch) -> items (0, 1 or more)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shard lists
+
+
+def resolve_shards(data: str | Path | Sequence[str | Path]) -> tuple[list[str], str | None]:
+    """Shard paths and dataset version from a data dir (its manifest.json) or a list of tar paths.
+
+    Returns:
+        (paths in manifest order, the manifest's `version` or None for a plain list)
+    """
+    if isinstance(data, (str, Path)) and Path(data).is_dir():
+        root = Path(data)
+        manifest = json.loads((root / "manifest.json").read_text())
+        paths = [str(root / s["path"]) for s in manifest["shards"]]
+        version = manifest.get("version")
+    else:
+        items = [data] if isinstance(data, (str, Path)) else list(data)
+        paths, version = [str(p) for p in items], None
+    if not paths:
+        raise ValueError(f"no shards in {data!r}")
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing shards: {missing[:3]}")
+    return paths, version
+
+
+def split_shards(
+    shards: Sequence[str], *, epoch: int, seed: int, rank: int, world_size: int,
+    worker: int, num_workers: int, shuffle: bool = True,
+) -> list[str]:
+    """This rank's and worker's shards for one epoch (disjoint across ranks and workers)."""
+    order = list(shards)
+    if shuffle:
+        perm = np.random.default_rng([seed, epoch]).permutation(len(order))
+        order = [order[i] for i in perm]
+    return order[rank::world_size][worker::num_workers]
+
+
+def iter_samples(paths: Sequence[str]) -> Iterator[Sample]:
+    """Samples of tar files in order, grouped by key (webdataset's tar iterators)."""
+    for path in paths:
+        with open(path, "rb") as fh:
+            files = ({**f, "__url__": path} for f in tar_file_iterator(fh))
+            yield from group_by_keys(files)
+
+
+def shuffle_buffer(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Approximate shuffle: fill a buffer of `size`, then emit a random slot per new item."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list[Any] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = int(rng.integers(len(buf)))
+        buf[i], item = item, buf[i]
+        yield item
+    order = rng.permutation(len(buf))
+    for i in order:
+        yield buf[i]
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoding and windows
+
+
+def decode_mp4(
+    data: bytes, *, start: int = 0, count: int | None = None,
+    size: tuple[int, int] | None = None, threads: int = 1,
+) -> np.ndarray:
+    """Decode frames [start, start+count) of an in-memory mp4 with PyAV.
+
+    Args:
+        data: the mp4 file's bytes.
+        start, count: frame range; decoding stops after the last needed frame.
+        size: (H, W) to resize to while converting (swscale), None keeps the stored size.
+        threads: decoder threads; 1 per DataLoader worker is best on a busy machine, 0 = auto.
+    Returns:
+        uint8 array (N, H, W, 3), RGB.
+    """
+    kw = {} if size is None else {"height": size[0], "width": size[1]}
+    frames = []
+    with av.open(io.BytesIO(data), mode="r") as container:
+        stream = container.streams.video[0]
+        if threads != 1:
+            stream.thread_type = "AUTO"
+            stream.thread_count = threads
+        for i, frame in enumerate(container.decode(stream)):
+            if i < start:
+                continue
+            if count is not None and i >= start + count:
+                break
+            frames.append(frame.to_ndarray(format="rgb24", **kw))
+    if not frames:
+        raise ValueError(f"no frames decoded in [{start}, {start}+{count})")
+    return np.stack(frames)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the last two dims (H, W) at the bottom/right up to a multiple (90 -> 92 for 4).
+
+    Padding at the bottom/right keeps the picture at [..., :H, :W], so a decoder's output is cropped
+    back with one slice.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
+def _window_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
+
+
+def window_starts(n_frames: int, span: int, k: int) -> list[int]:
+    """k evenly spaced window starts over a clip (the eval windows), first at 0, last at the end."""
+    if n_frames < span:
+        return []
+    last = n_frames - span
+    return sorted({round(last * i / max(k - 1, 1)) for i in range(k)}) if k > 1 else [0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Video samples
+
+
+@dataclass
+class VideoDataConfig:
+    batch_size: int = 8  # clips per batch per rank
+    frames: int = 16  # T, frames per window (the paper trains every component on 16)
+    stride: int = 1  # source frames between window frames (1 = the clips' 10 FPS)
+    patch: int = 4  # H and W zero-padded up to a multiple of this (90 -> 92 for 4)
+    size: tuple[int, int] | None = None  # (H, W) to resize to before padding; None keeps 90x160
+    num_workers: int = 2  # DataLoader worker processes per rank (clamped to shards per rank)
+    shuffle_buffer: int = 64  # samples held for shuffling per worker (a sample is ~70 KB of mp4)
+    seed: int = 0  # drives shard order, shuffle and window starts
+    decode_threads: int = 1  # PyAV threads per decoder
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.frames < 1 or self.stride < 1 or self.patch < 1:
+            raise ValueError("batch_size, frames, stride and patch must be >= 1")
+        if self.num_workers < 0 or self.shuffle_buffer < 0:
+            raise ValueError("num_workers and shuffle_buffer must be >= 0")
+
+    @property
+    def span(self) -> int:
+        """Source frames covered by one window."""
+        return (self.frames - 1) * self.stride + 1
+
+
+def _frames_to_tensor(frames_THWC: np.ndarray, patch: int) -> torch.Tensor:
+    x = torch.from_numpy(frames_THWC).permute(0, 3, 1, 2)  # (T, C, H, W) uint8
+    return pad_to_multiple(x.float().div_(255.0), patch)
+
+
+def _clip_frames(sample: Sample, cfg: VideoDataConfig, start: int) -> torch.Tensor:
+    raw = decode_mp4(sample["mp4"], start=start, count=cfg.span, size=cfg.size,
+                     threads=cfg.decode_threads)
+    if len(raw) < cfg.span:
+        raise ValueError(f"{sample['__key__']}: {len(raw)} frames from {start}, need {cfg.span}")
+    return _frames_to_tensor(raw[:: cfg.stride], cfg.patch)
+
+
+def _n_frames(sample: Sample) -> int:
+    return int(json.loads(sample["json"])["n_frames"])
+
+
+def make_train_video(sample: Sample, epoch: int, *, cfg: VideoDataConfig) -> list[torch.Tensor]:
+    """One random window (T, C, H, W) float in [0, 1]; [] (logged) for a clip that cannot be used."""
+    try:
+        n = _n_frames(sample)
+        if n < cfg.span:
+            log.warning("skip %s: %d frames < window %d", sample["__key__"], n, cfg.span)
+            return []
+        start = int(_window_rng(cfg.seed, epoch, sample["__key__"]).integers(0, n - cfg.span + 1))
+        return [_clip_frames(sample, cfg, start)]
+    except Exception as e:  # a bad clip is data, not a crash: the same clip is skipped every epoch
+        log.warning("skip %s (%s): %s", sample.get("__key__"), sample.get("__url__"), e)
+        return []
+
+
+def make_eval_video(sample: Sample, epoch: int, *, cfg: VideoDataConfig, k: int) -> list[dict]:
+    """k fixed windows per clip, each {"frames": (T,C,H,W), "clip_id": str, "start": int}."""
+    n = _n_frames(sample)
+    raw = decode_mp4(sample["mp4"], size=cfg.size, threads=cfg.decode_threads)
+    out = []
+    for s in window_starts(min(n, len(raw)), cfg.span, k):
+        x = _frames_to_tensor(raw[s : s + cfg.span : cfg.stride], cfg.patch)
+        out.append({"frames": x, "clip_id": sample["__key__"], "start": s})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The stream
+
+
+def collate(items: list[Any]) -> Any:
+    """Stack tensors; dicts collated per key; other values (ids, ints) kept as lists."""
+    first = items[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(items)
+    if isinstance(first, dict):
+        return {k: collate([it[k] for it in items]) for k in first}
+    if isinstance(first, (int, float)):
+        return torch.tensor(items)
+    return list(items)
+
+
+class ShardStream(IterableDataset):
+    """Batches from shards for one rank; each DataLoader worker reads its own shards.
+
+    Args:
+        shards: tar paths.
+        make_sample: (sample, epoch) -> list of items; must be picklable (a functools.partial).
+        batch_size: items per batch.
+        seed, rank, world_size: see the module docstring.
+        shuffle_buffer: 0 disables shuffling (and shard permutation).
+        start_batch: batches of this rank's stream already consumed (resume).
+        num_workers: the DataLoader's worker count (needed to compute what each worker skips).
+        infinite: loop over epochs forever (training) or stop after one (eval; last batch may
+            be short).
+    """
+
+    def __init__(
+        self, shards: Sequence[str], make_sample: MakeSample, *, batch_size: int, seed: int,
+        rank: int, world_size: int, shuffle_buffer: int, start_batch: int = 0,
+        num_workers: int = 0, infinite: bool = True,
+    ) -> None:
+        super().__init__()
+        if world_size > len(shards):
+            raise ValueError(f"{len(shards)} shards cannot feed {world_size} ranks disjointly")
+        self.shards, self.make_sample = list(shards), make_sample
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.shuffle_buffer, self.start_batch = shuffle_buffer, start_batch
+        self.num_workers, self.infinite = num_workers, infinite
+
+    def worker_shards(self, epoch: int, worker: int, num_workers: int) -> list[str]:
+        return split_shards(self.shards, epoch=epoch, seed=self.seed, rank=self.rank,
+                            world_size=self.world_size, worker=worker, num_workers=num_workers,
+                            shuffle=self.shuffle_buffer > 0)
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        w, nw = (0, 1) if info is None else (info.id, info.num_workers)
+        # A new DataLoader asks worker 0 first, but the next batch (number start_batch) belongs to
+        # worker start_batch % nw of the original stream: rotate roles so the order continues.
+        w = (w + self.start_batch) % nw
+        skip = len(range(w, self.start_batch, nw)) * self.batch_size  # samples to pass over
+        batch: list[Any] = []
+        epoch = 0
+        while True:
+            mine = self.worker_shards(epoch, w, nw)
+            rng = np.random.default_rng([self.seed, epoch, self.rank, w])
+            for sample in shuffle_buffer(iter_samples(mine), self.shuffle_buffer, rng):
+                if skip > 0:  # resume: count the sample as consumed without decoding it
+                    skip -= 1
+                    continue
+                for item in self.make_sample(sample, epoch):
+                    batch.append(item)
+                    if len(batch) == self.batch_size:
+                        yield collate(batch)
+                        batch = []
+            epoch += 1
+            if not self.infinite:
+                break
+        if batch:
+            yield collate(batch)
+
+
+def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ShardLoader:
+    """An infinite, resumable iterator of training batches for one rank (Stateful).
+
+    `state_dict()` records how many batches were taken; `load_state_dict()` rebuilds the stream so
+    the next batch is the one that would have come next. Exact only with the same seed, world size
+    and number of workers (recorded and checked; otherwise the stream restarts with a warning).
+    """
+
+    def __init__(
+        self, shards: Sequence[str], make_sample: MakeSample, *, batch_size: int, seed: int,
+        num_workers: int, shuffle_buffer: int, rank: int | None = None,
+        world_size: int | None = None, pin_memory: bool = False,
+    ) -> None:
+        self.rank, self.world_size = _dist_rank_world(rank, world_size)
+        per_rank = len(shards) // self.world_size
+        if num_workers > per_rank:
+            log.info("num_workers %d -> %d (shards per rank)", num_workers, per_rank)
+        self.shards, self.make_sample = list(shards), make_sample
+        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
+        self.num_workers, self.pin_memory = min(num_workers, per_rank), pin_memory
+        self.batches = 0  # batches handed out so far
+        self._it: Iterator[Any] | None = None
+
+    def _make_iter(self) -> Iterator[Any]:
+        ds = ShardStream(self.shards, self.make_sample, batch_size=self.batch_size,
+                         seed=self.seed, rank=self.rank, world_size=self.world_size,
+                         shuffle_buffer=self.shuffle_buffer, start_batch=self.batches,
+                         num_workers=self.num_workers)
+        # Own generator: creating worker iterators must not draw from the global torch RNG,
+        # or a resumed run's RNG would diverge from a straight one.
+        dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
+                        pin_memory=self.pin_memory, generator=torch.Generator().manual_seed(0),
+                        prefetch_factor=2 if self.num_workers else None)
+        return iter(dl)
+
+    def __iter__(self) -> ShardLoader:
+        return self
+
+    def __next__(self) -> Any:
+        if self._it is None:
+            self._it = self._make_iter()
+        batch = next(self._it)
+        self.batches += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": self.batches, "seed": self.seed, "world_size": self.world_size,
+                "num_workers": self.num_workers, "batch_size": self.batch_size}
+
+    def load_state_dict(self, sd: dict[str, int]) -> None:
+        same = all(sd.get(k) == getattr(self, k)
+                   for k in ("seed", "world_size", "num_workers", "batch_size"))
+        if not same:
+            log.warning("data stream changed shape (%s); restarting it, resume is not exact", sd)
+            self.seed += int(sd["batches"])  # do not replay the same samples from the start
+        else:
+            self.batches = int(sd["batches"])
+        self._it = None
+
+
+def video_loader(
+    data: str | Path | Sequence[str | Path], cfg: VideoDataConfig, *,
+    rank: int | None = None, world_size: int | None = None, pin_memory: bool = False,
+) -> ShardLoader:
+    """Training batches (B, T, C, H', W') float in [0, 1], H'/W' padded to a multiple of patch."""
+    shards, _ = resolve_shards(data)
+    return ShardLoader(shards, partial(make_train_video, cfg=cfg), batch_size=cfg.batch_size,
+                       seed=cfg.seed, num_workers=cfg.num_workers,
+                       shuffle_buffer=cfg.shuffle_buffer, rank=rank, world_size=world_size,
+                       pin_memory=pin_memory)
+
+
+def eval_video_batches(
+    data: str | Path | Sequence[str | Path], cfg: VideoDataConfig, *, windows_per_clip: int = 1,
+    rank: int = 0, world_size: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """Deterministic eval batches: clips in shard order, `windows_per_clip` evenly spaced windows.
+
+    Yields {"frames": (B, T, C, H', W'), "clip_id": list[str], "start": LongTensor (B,)}; the last
+    batch may be short. Same data, same batches, every call.
+    """
+    shards, _ = resolve_shards(data)
+    ds = ShardStream(shards, partial(make_eval_video, cfg=cfg, k=windows_per_clip),
+                     batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
+                     shuffle_buffer=0, infinite=False)
+    yield from ds
+
+
+# ------------------------------------------------------------------------------------------------
+# Token shards
+
+ENCODE_ARRAY = "tokens"  # name used when encode_fn returns a single tensor
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _store_dtype(a: np.ndarray) -> np.ndarray:
+    """Smallest safe integer dtype for ids (uint16 below 65536, else int32); floats as float32."""
+    if np.issubdtype(a.dtype, np.integer):
+        if a.size == 0 or (a.min() >= 0 and a.max() < 2**16):
+            return a.astype(np.uint16)
+        return a.astype(np.int32)
+    return a.astype(np.float32)
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def encode_clip(
+    frames_TCHW: torch.Tensor, encode_fn: Callable[[torch.Tensor], Any], chunk: int | None,
+) -> dict[str, np.ndarray]:
+    """Run encode_fn over a clip in chunks of `chunk` frames (one batch), concatenated in time.
+
+    encode_fn takes (B, t, C, H, W) float and returns a tensor (B, t, ...) or a dict of them, each
+    with the frame axis second; the result has the clip's frame axis first, so windows of frames
+    and of every array line up.
+    """
+    n = frames_TCHW.shape[0]
+    chunk = n if chunk is None else chunk
+    pieces: list[torch.Tensor] = []
+    full = (n // chunk) * chunk
+    if full:
+        pieces.append(frames_TCHW[:full].reshape(n // chunk, chunk, *frames_TCHW.shape[1:]))
+    if full < n:
+        pieces.append(frames_TCHW[full:][None])
+    out: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for x in pieces:
+            res = encode_fn(x)
+            res = res if isinstance(res, dict) else {ENCODE_ARRAY: res}
+            for k, v in res.items():
+                v = v.detach().cpu()
+                out.setdefault(k, []).append(v.reshape(-1, *v.shape[2:]).numpy())
+    return {k: _store_dtype(np.concatenate(v)) for k, v in out.items()}
+
+
+def write_token_shards(
+    data: str | Path, out_dir: str | Path, encode_fn: Callable[[torch.Tensor], Any], *,
+    encoder_id: str, chunk: int | None = 16, size: tuple[int, int] | None = None, patch: int = 4,
+) -> dict[str, Any]:
+    """Encode every clip once and write token shards mirroring the source shards.
+
+    Output: `out_dir/shards/{name}.tar` (one per source shard, same name), per sample
+    `{clip_id}.{array}.npy` (uint16 ids when they fit, else int32) and `{clip_id}.json` (the clip's
+    metadata plus `arrays`: name -> shape), then `out_dir/manifest.json` (written last). Shards
+    already present are kept, so an interrupted run continues where it stopped.
+
+    Args:
+        data: the dataset dir (with manifest.json) or a list of tar paths.
+        encode_fn: (B, t, C, H, W) float [0, 1] -> tensor (B, t, ...) or dict of such tensors.
+        encoder_id: identifies the encoder (e.g. the tokenizer checkpoint path and step); part of
+            the token dataset's version.
+        chunk: frames per encode_fn call (the tokenizer's training context); None = whole clip.
+        size, patch: as VideoDataConfig (must match what the encoder was trained on).
+    Returns:
+        the manifest dict.
+    """
+    shards, version = resolve_shards(data)
+    out = Path(out_dir)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for src in shards:
+        dst = out / "shards" / Path(src).name
+        if not dst.exists():
+            _write_token_shard(src, dst, encode_fn, chunk=chunk, size=size, patch=patch)
+        entries.append(_shard_entry(dst, out))
+        log.info("token shard %s: %d samples", dst.name, entries[-1]["n_samples"])
+    ident = json.dumps({"source": version, "encoder": encoder_id, "chunk": chunk,
+                        "shards": [e["sha256"] for e in entries]}, sort_keys=True)
+    manifest = {"version": hashlib.sha256(ident.encode()).hexdigest()[:16],
+                "source_version": version, "encoder": encoder_id, "chunk": chunk,
+                "shards": entries}
+    _atomic_write(out / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True)
+                                          + "\n").encode())
+    return manifest
+
+
+def _write_token_shard(src: str, dst: Path, encode_fn: Callable, **kw: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + dst.name + ".", dir=dst.parent)
+    os.close(fd)
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in iter_samples([src]):
+                meta = json.loads(sample["json"])
+                raw = decode_mp4(sample["mp4"], size=kw["size"])
+                arrays = encode_clip(_frames_to_tensor(raw, kw["patch"]), encode_fn, kw["chunk"])
+                meta["arrays"] = {k: list(v.shape) for k, v in arrays.items()}
+                meta["n_frames"] = len(raw)
+                key = sample["__key__"]
+                for name in sorted(arrays):
+                    _add_member(tar, f"{key}.{name}.npy", _npy_bytes(arrays[name]))
+                _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _shard_entry(path: Path, root: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        n = sum(1 for m in tar.getmembers() if m.name.endswith(".json"))
+    return {"path": str(path.relative_to(root)), "n_samples": n,
+            "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name + ".", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _token_arrays(sample: Sample) -> dict[str, np.ndarray]:
+    return {k[: -len(".npy")]: np.load(io.BytesIO(v), allow_pickle=False)
+            for k, v in sample.items() if k.endswith(".npy")}
+
+
+def _token_window(arrays: dict[str, np.ndarray], start: int, frames: int, stride: int) -> dict:
+    span = (frames - 1) * stride + 1
+    return {k: torch.from_numpy(v[start : start + span : stride].astype(np.int64)
+                                if np.issubdtype(v.dtype, np.integer) else
+                                v[start : start + span : stride].copy())
+            for k, v in arrays.items()}
+
+
+def make_train_tokens(sample: Sample, epoch: int, *, frames: int, stride: int, seed: int) -> list:
+    """One random window: {"tokens": LongTensor (T, h, w), other arrays likewise}."""
+    arrays = _token_arrays(sample)
+    n = min(len(v) for v in arrays.values())
+    span = (frames - 1) * stride + 1
+    if n < span:
+        log.warning("skip %s: %d frames < window %d", sample["__key__"], n, span)
+        return []
+    start = int(_window_rng(seed, epoch, sample["__key__"]).integers(0, n - span + 1))
+    return [_token_window(arrays, start, frames, stride)]
+
+
+def make_eval_tokens(sample: Sample, epoch: int, *, frames: int, stride: int, k: int) -> list:
+    arrays = _token_arrays(sample)
+    n = min(len(v) for v in arrays.values())
+    span = (frames - 1) * stride + 1
+    return [{**_token_window(arrays, s, frames, stride), "clip_id": sample["__key__"], "start": s}
+            for s in window_starts(n, span, k)]
+
+
+def token_loader(
+    data: str | Path | Sequence[str | Path], cfg: VideoDataConfig, *,
+    rank: int | None = None, world_size: int | None = None, pin_memory: bool = False,
+) -> ShardLoader:
+    """Training batches of token windows: {"tokens": LongTensor (B, T, h, w), ...}.
+
+    Uses cfg's batch_size, frames, stride, seed, num_workers and shuffle_buffer (patch/size were
+    fixed when the shards were written).
+    """
+    shards, _ = resolve_shards(data)
+    fn = partial(make_train_tokens, frames=cfg.frames, stride=cfg.stride, seed=cfg.seed)
+    return ShardLoader(shards, fn, batch_size=cfg.batch_size, seed=cfg.seed,
+                       num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer,
+                       rank=rank, world_size=world_size, pin_memory=pin_memory)
+
+
+def eval_token_batches(
+    data: str | Path | Sequence[str | Path], cfg: VideoDataConfig, *, windows_per_clip: int = 1,
+    rank: int = 0, world_size: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """Deterministic token windows, as eval_video_batches (keys: arrays, clip_id, start)."""
+    shards, _ = resolve_shards(data)
+    fn = partial(make_eval_tokens, frames=cfg.frames, stride=cfg.stride, k=windows_per_clip)
+    yield from ShardStream(shards, fn, batch_size=cfg.batch_size, seed=cfg.seed, rank=rank,
+                           world_size=world_size, shuffle_buffer=0, infinite=False)
+
+
+def video_tokens_per_sample(cfg: VideoDataConfig, height: int = 90, width: int = 160) -> int:
+    """Patches per training sample (T * H'/p * W'/p): the token count for tokens/s and MFU."""
+    h, w = cfg.size or (height, width)
+    return cfg.frames * math.ceil(h / cfg.patch) * math.ceil(w / cfg.patch)
