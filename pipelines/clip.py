@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from pipelines.atomic import TMP_PREFIX
 from pipelines.ffmpeg_io import Stream, ffprobe_json
@@ -316,20 +317,18 @@ def frame_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(mean |a - b|, its minimum over shifts up to MAX_SHIFT) of two (h, w) block-grey frames.
 
     The shifted difference is taken over the overlap only, so a scroll by a few blocks scores as
-    low as a still camera while a change of scene stays high. Costs ~0.4 ms for 18x32 blocks.
+    low as a still camera while a change of scene stays high. All shifts at once: ~0.1 ms.
     """
     h, w = a.shape
-    still = float(np.abs(a - b).mean())
-    best = still
     mx, my = min(MAX_SHIFT[0], w // 2), min(MAX_SHIFT[1], h // 2)
-    for dy in range(-my, my + 1):
-        for dx in range(-mx, mx + 1):
-            if dx == dy == 0:
-                continue
-            pa = a[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)]
-            pb = b[max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)]
-            best = min(best, float(np.abs(pa - pb).mean()))
-    return still, best
+    # NaN outside b, so that each shift averages over its overlap only.
+    padded = np.pad(b.astype(np.float32), ((my, my), (mx, mx)), constant_values=np.nan)
+    shifted = sliding_window_view(padded, (h, w))  # (2my+1, 2mx+1, h, w): b moved by (dy, dx)
+    sums = np.nansum(np.abs(shifted - a), axis=(2, 3))  # (2my+1, 2mx+1)
+    dy = np.abs(np.arange(-my, my + 1))[:, None]
+    dx = np.abs(np.arange(-mx, mx + 1))[None, :]
+    means = sums / ((h - dy) * (w - dx))
+    return float(means[my, mx]), float(means.min())
 
 
 def _decoder_cmd(path: Path, cfg: ClipConfig, box: tuple[int, int, int, int]) -> list[str]:

@@ -1,0 +1,283 @@
+"""Clip stage: the pure window planner, then cut_video on fixture videos made with ffmpeg lavfi."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.clip import (
+    ClipConfig,
+    DroppedSpan,
+    Span,
+    average_hash,
+    cut_video,
+    fit_box,
+    is_near_duplicate,
+    plan_windows,
+)
+from pipelines.ffmpeg_io import FFmpegError
+
+CFG = ClipConfig()
+N = CFG.n_frames
+
+
+# ---------------------------------------------------------------- config and pure helpers
+
+
+def test_config_defaults_and_validation() -> None:
+    assert N == 160
+    with pytest.raises(ValueError):
+        ClipConfig(clip_seconds=16.05)  # not a whole number of frames
+    with pytest.raises(ValueError):
+        ClipConfig(width=161)
+    with pytest.raises(ValueError):
+        ClipConfig(static_threshold=30.0, scene_threshold=20.0)
+    with pytest.raises(ValueError):
+        ClipConfig(max_intro_s=16.0)  # an intro must fit in the window buffer
+    with pytest.raises(ValueError):
+        ClipConfig(crf=60)
+
+
+def test_fit_box_keeps_aspect() -> None:
+    assert fit_box(16 / 9, 160, 90) == (160, 90, 0, 0)
+    assert fit_box(4 / 3, 160, 90) == (120, 90, 20, 0)  # pillarboxed
+    assert fit_box(9 / 16, 160, 90) == (51, 90, 54, 0)  # portrait: narrow pillar
+    assert fit_box(21 / 9, 160, 90) == (160, 69, 0, 10)  # letterboxed
+
+
+def test_near_duplicate_signatures() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (90, 160, 3), dtype=np.uint8)
+    noisy = np.clip(a.astype(int) + rng.integers(-3, 4, a.shape), 0, 255).astype(np.uint8)
+    other = rng.integers(0, 256, (90, 160, 3), dtype=np.uint8)
+    ha, hn, ho = (f"{average_hash(x):016x}" for x in (a, noisy, other))
+    assert is_near_duplicate(ha, hn, max_bits=4)
+    assert not is_near_duplicate(ha, ho, max_bits=4)
+    with pytest.raises(ValueError):
+        is_near_duplicate(ha, ha + ha, 4)
+
+
+# ---------------------------------------------------------------- plan_windows (no ffmpeg)
+
+
+def test_plan_tiles_and_drops_remainder() -> None:
+    plan = plan_windows([], [], 420, CFG)
+    assert plan.windows == [Span(0, N), Span(N, N)]
+    assert plan.dropped == [DroppedSpan(320, 100, "remainder")]
+
+
+def test_plan_never_crosses_a_cut() -> None:
+    plan = plan_windows([200], [], 400, CFG)
+    assert plan.windows == [Span(0, N), Span(200, N)]
+    assert plan.dropped == [DroppedSpan(160, 40, "cut"), DroppedSpan(360, 40, "remainder")]
+
+
+def test_plan_skips_held_intro_at_start_and_after_cut() -> None:
+    # Frames 0..49 are one held card (frames 1..49 repeat frame 0); motion from frame 50.
+    plan = plan_windows([], range(1, 50), 400, CFG)
+    assert plan.windows[0] == Span(50, N)
+    assert plan.dropped[0] == DroppedSpan(0, 50, "intro")
+    # The same after a cut at frame 170: card 170..199.
+    plan = plan_windows([170], range(171, 200), 400, CFG)
+    assert plan.windows == [Span(0, N), Span(200, N)]
+    assert DroppedSpan(160, 10, "cut") in plan.dropped
+    assert DroppedSpan(170, 30, "intro") in plan.dropped
+
+
+def test_plan_intro_is_capped_and_short_pauses_are_kept() -> None:
+    # Held for 30 s: skip max_intro_s (10 s = 100 frames), then start anyway.
+    plan = plan_windows([], range(1, 300), 400, CFG)
+    assert plan.dropped[0] == DroppedSpan(0, 100, "intro")
+    assert plan.windows[0] == Span(100, N)
+    # A 0.5 s pause (< min_intro_s) at the start is gameplay: no skip.
+    plan = plan_windows([], range(1, 5), 400, CFG)
+    assert plan.windows[0] == Span(0, N)
+    # A held card not at a shot start (frames 10..60) does not stop a window.
+    plan = plan_windows([], range(10, 60), 200, CFG)
+    assert plan.windows == [Span(0, N)]
+
+
+def test_plan_partitions_every_frame_at_random() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        n = rng.randrange(0, 1200)
+        cuts = sorted(rng.sample(range(1, max(n, 2)), k=min(rng.randrange(0, 8), max(n - 1, 0))))
+        statics: set[int] = set()
+        for _ in range(rng.randrange(0, 5)):
+            a = rng.randrange(0, max(n, 1))
+            statics.update(range(a, a + rng.randrange(1, 200)))
+        statics -= set(cuts)
+        plan = plan_windows(cuts, statics, n, CFG)
+        spans = [(w.start_frame, w.n_frames) for w in plan.windows]
+        spans += [(d.start_frame, d.n_frames) for d in plan.dropped]
+        covered = sorted(spans)
+        pos = 0
+        for start, length in covered:  # windows and dropped spans tile [0, n) exactly
+            assert start == pos and length > 0
+            pos += length
+        assert pos == n
+        for w in plan.windows:
+            assert w.n_frames == N
+            assert not any(w.start_frame < c < w.start_frame + N for c in cuts)
+        assert {d.reason for d in plan.dropped} <= {"cut", "intro", "remainder"}
+        assert all(d.n_frames < N or d.reason == "intro" for d in plan.dropped if d.reason != "cut")
+
+
+# ---------------------------------------------------------------- fixture videos
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True, timeout=60)
+
+
+def _x264(out: Path) -> list[str]:
+    return ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out)]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("clipsrc")
+    v = {k: d / f"{k}.mp4" for k in ("plain", "cut", "p43", "portrait", "card", "long")}
+    # 42 s of motion: two clips and a 10 s remainder.
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30:duration=42", *_x264(v["plain"]))
+    # A hard cut at 20 s: testsrc2, then an unrelated moving fractal.
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30:duration=20",
+            "-f", "lavfi", "-i", "mandelbrot=size=320x180:rate=30",
+            "-filter_complex", "[1]trim=duration=20,setpts=PTS-STARTPTS[b];[0][b]concat=n=2:v=1",
+            *_x264(v["cut"]))
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=240x180:rate=25:duration=17", *_x264(v["p43"]))
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=180x320:rate=30:duration=17",
+            *_x264(v["portrait"]))
+    # A 5 s held title card (colour bars), then gameplay-like motion.
+    _ffmpeg("-f", "lavfi", "-i", "smptehdbars=size=320x180:rate=30:duration=5",
+            "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30:duration=20",
+            "-filter_complex", "[0][1]concat=n=2:v=1", *_x264(v["card"]))
+    # 3 minutes, small so that decoding is cheap: raw at 160x90 it would be 78 MB.
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x90:rate=10:duration=180", *_x264(v["long"]))
+    return v
+
+
+def _feats(frames: np.ndarray) -> dict[str, float]:
+    assert frames.shape == (N, 90, 160, 3) and frames.dtype == np.uint8
+    assert not frames.flags.writeable
+    return {"mean": float(frames.mean()), "std": float(frames.std())}
+
+
+def _stream_info(path: Path) -> dict[str, object]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+         "stream=width,height,avg_frame_rate,nb_read_frames,pix_fmt,codec_name", "-of", "json",
+         str(path)], capture_output=True, check=True, timeout=30).stdout
+    info: dict[str, object] = json.loads(out)["streams"][0]
+    return info
+
+
+def _decode(path: Path) -> np.ndarray:
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "-"], capture_output=True, check=True,
+                         timeout=30).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, 90, 160, 3)
+
+
+# ---------------------------------------------------------------- cut_video
+
+
+def test_cut_plain_video(videos: dict[str, Path], tmp_path: Path) -> None:
+    rep = cut_video(videos["plain"], "test-plain", tmp_path, CFG, _feats)
+    assert rep.n_frames == 420
+    assert rep.cuts_s == []
+    assert [c.clip_id for c in rep.clips] == ["test-plain_00000000", "test-plain_00016000"]
+    assert [c.start_s for c in rep.clips] == [0.0, 16.0]
+    assert rep.dropped == [(32.0, "remainder")]
+    assert rep.dropped_spans == [DroppedSpan(320, 100, "remainder")]
+    for c in rep.clips:
+        assert Path(c.path) == tmp_path / f"{c.clip_id}.mp4"
+        info = _stream_info(Path(c.path))
+        assert info["width"] == 160 and info["height"] == 90
+        assert info["avg_frame_rate"] == "10/1" and info["nb_read_frames"] == "160"
+        assert info["codec_name"] == "h264" and info["pix_fmt"] == "yuv420p"
+        assert set(c.features) == {"mean", "std"} and c.features["std"] > 10
+        assert len(c.signature) == 16 * CFG.signature_frames and len(c.sha256) == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{c.clip_id}.mp4" for c in rep.clips]
+    # The clip is the source's frames: its first frame matches the source at t=16 s.
+    src = subprocess.run(["ffmpeg", "-v", "error", "-ss", "16", "-i", str(videos["plain"]),
+                          "-frames:v", "1", "-vf", "scale=160:90:flags=area", "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    first = _decode(Path(rep.clips[1].path))[0].astype(int)
+    ref = np.frombuffer(src, np.uint8).reshape(90, 160, 3).astype(int)
+    assert np.abs(first - ref).mean() < 8
+
+
+def test_cut_is_deterministic(videos: dict[str, Path], tmp_path: Path) -> None:
+    a = cut_video(videos["plain"], "test-det", tmp_path / "a", CFG, _feats)
+    b = cut_video(videos["plain"], "test-det", tmp_path / "b", CFG, _feats)
+    assert [c.sha256 for c in a.clips] == [c.sha256 for c in b.clips]
+    assert [c.content_sha256 for c in a.clips] == [c.content_sha256 for c in b.clips]
+    assert [c.signature for c in a.clips] == [c.signature for c in b.clips]
+
+
+def test_no_clip_crosses_a_hard_cut(videos: dict[str, Path], tmp_path: Path) -> None:
+    rep = cut_video(videos["cut"], "test-cut", tmp_path, CFG, _feats)
+    assert len(rep.cuts_s) == 1 and abs(rep.cuts_s[0] - 20.0) <= 0.2
+    cut = rep.cuts_s[0]
+    assert [c.start_s for c in rep.clips] == [0.0, cut]
+    for c in rep.clips:
+        assert c.start_s >= cut or c.start_s + c.n_frames / CFG.fps <= cut
+    assert (16.0, "cut") in rep.dropped
+    # Unrelated content on each side of the cut: not near-duplicates.
+    a, b = rep.clips
+    assert not is_near_duplicate(a.signature, b.signature, CFG.dedup_max_bits)
+
+
+@pytest.mark.parametrize(("name", "x0", "x1"), [("p43", 20, 140), ("portrait", 54, 105)])
+def test_other_aspects_are_padded_not_stretched(
+    videos: dict[str, Path], tmp_path: Path, name: str, x0: int, x1: int
+) -> None:
+    rep = cut_video(videos[name], f"test-{name}", tmp_path, CFG, _feats)
+    assert len(rep.clips) == 1
+    frames = _decode(Path(rep.clips[0].path)).astype(float)
+    cols = frames.mean(axis=(0, 1, 3))  # mean brightness per column
+    assert cols[: x0 - 2].max() < 6 and cols[x1 + 2 :].max() < 6  # black bars
+    assert cols[x0 + 2 : x1 - 2].min() > 20  # the picture
+    lit = np.flatnonzero(cols > 10)
+    assert abs((lit[-1] - lit[0] + 1) - (x1 - x0)) <= 2  # picture width: the aspect is kept
+
+
+def test_held_title_card_is_skipped(videos: dict[str, Path], tmp_path: Path) -> None:
+    rep = cut_video(videos["card"], "test-card", tmp_path, CFG, _feats)
+    assert len(rep.clips) == 1
+    assert 5.0 <= rep.clips[0].start_s <= 5.2
+    assert rep.dropped[0] == (0.0, "intro")
+    assert rep.dropped_spans[0].n_frames >= 49
+
+
+def test_memory_is_bounded_for_long_videos(videos: dict[str, Path], tmp_path: Path) -> None:
+    def light(frames: np.ndarray) -> dict[str, float]:  # _feats' std() alone would copy 55 MB
+        return {"mean": float(frames[::40].mean())}
+
+    tracemalloc.start()
+    try:
+        rep = cut_video(videos["long"], "test-long", tmp_path, CFG, light)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rep.n_frames == 1800 and len(rep.clips) == 11
+    whole = rep.n_frames * 160 * 90 * 3  # 78 MB if the video were held
+    window = N * 160 * 90 * 3  # 6.9 MB
+    assert peak < 3 * window < whole / 3, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_failure_raises_with_ffmpeg_message_and_leaves_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video at all\n")
+    out = tmp_path / "out"
+    with pytest.raises(FFmpegError) as e:
+        cut_video(bad, "test-bad", out, CFG, _feats, aspect=16 / 9)
+    assert "Invalid data" in e.value.stderr_tail
+    assert list(out.iterdir()) == []
