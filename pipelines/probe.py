@@ -26,6 +26,7 @@ HEAD_S, TAIL_S = 2.0, 10.0
 _STILL_FORMATS = ("image2", "_pipe", "tty", "gif")
 # ffprobe's words for an mp4/mov whose index (moov) never made it to disk: a cut-off download.
 _TRUNCATION_WORDS = ("moov atom not found", "partial file")
+_BMFF_BOXES = {b"ftyp", b"styp", b"mdat", b"moov", b"free", b"skip", b"wide", b"pdin"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,9 @@ def probe(path: Path, cfg: ClipConfig) -> ProbeResult:
         if e.timed_out:
             return _reject("undecodable", str(e))
         words = e.stderr_tail.lower()
-        truncated = any(w in words for w in _TRUNCATION_WORDS)
+        # The mov demuxer is picked by extension too, so a text file named .mp4 also lacks a moov:
+        # only a file that starts like an ISO-BMFF file is a cut-off download.
+        truncated = any(w in words for w in _TRUNCATION_WORDS) and _looks_isobmff(path)
         return _reject("truncated" if truncated else "not_video", e.stderr_tail or str(e))
     fmt: dict[str, Any] = info.get("format") or {}
     streams: list[dict[str, Any]] = info.get("streams") or []
@@ -126,6 +129,13 @@ def _decode_times(
         dur = _float(fields[1]) if len(fields) > 1 else None
         times.append(t + (dur or 0.0))
     return times, tail(proc.stderr, 5)
+
+
+def _looks_isobmff(path: Path) -> bool:
+    """True if the file opens with an ISO-BMFF (mp4/mov) top-level box."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    return len(head) == 8 and head[4:8] in _BMFF_BOXES
 
 
 def _reject(reason: str, message: str, **fields: Any) -> ProbeResult:
