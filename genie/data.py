@@ -118,7 +118,7 @@ def shuffle_buffer(items: Iterator[Any], size: int, rng: np.random.Generator) ->
 
 def decode_mp4(
     data: bytes, *, start: int = 0, count: int | None = None,
-    size: tuple[int, int] | None = None, threads: int = 1,
+    size: tuple[int, int] | None = None, threads: int = 1, interpolation: str = "AREA",
 ) -> np.ndarray:
     """Decode frames [start, start+count) of an in-memory mp4 with PyAV.
 
@@ -126,11 +126,14 @@ def decode_mp4(
         data: the mp4 file's bytes.
         start, count: frame range; decoding stops after the last needed frame.
         size: (H, W) to resize to while converting (swscale), None keeps the stored size.
+        interpolation: swscale filter for resizing; AREA averages pixels (a 2x downscale is the
+            mean of 2x2 blocks).
         threads: decoder threads; 1 per DataLoader worker is best on a busy machine, 0 = auto.
     Returns:
         uint8 array (N, H, W, 3), RGB.
     """
-    kw = {} if size is None else {"height": size[0], "width": size[1]}
+    kw = {} if size is None else {"height": size[0], "width": size[1],
+                                  "interpolation": interpolation}
     frames = []
     with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.video[0]
@@ -181,7 +184,7 @@ class VideoDataConfig:
     frames: int = 16  # T, frames per window (the paper trains every component on 16)
     stride: int = 1  # source frames between window frames (1 = the clips' 10 FPS)
     patch: int = 4  # H and W zero-padded up to a multiple of this (90 -> 92 for 4)
-    size: tuple[int, int] | None = None  # (H, W) to resize to before padding; None keeps 90x160
+    size: tuple[int, int] | None = None  # (H, W) area-resize (RGB block means) before padding
     num_workers: int = 2  # DataLoader worker processes per rank (clamped to shards per rank)
     shuffle_buffer: int = 64  # samples held for shuffling per worker (a sample is ~70 KB of mp4)
     seed: int = 0  # drives shard order, shuffle and window starts
@@ -199,17 +202,25 @@ class VideoDataConfig:
         return (self.frames - 1) * self.stride + 1
 
 
-def _frames_to_tensor(frames_THWC: np.ndarray, patch: int) -> torch.Tensor:
-    x = torch.from_numpy(frames_THWC).permute(0, 3, 1, 2)  # (T, C, H, W) uint8
-    return pad_to_multiple(x.float().div_(255.0), patch)
+def _frames_to_tensor(
+    frames_THWC: np.ndarray, patch: int, size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (T, 3, H', W') in [0, 1], area-resized to size, then padded.
+
+    Resizing happens here on RGB, not in swscale on 4:2:0 YUV, so that 160x90 -> 80x45 is exactly
+    the mean of each 2x2 block (swscale would also blur colour through the halved chroma planes).
+    """
+    x = torch.from_numpy(frames_THWC).permute(0, 3, 1, 2).float().div_(255.0)  # (T, C, H, W)
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="area")
+    return pad_to_multiple(x, patch)
 
 
 def _clip_frames(sample: Sample, cfg: VideoDataConfig, start: int) -> torch.Tensor:
-    raw = decode_mp4(sample["mp4"], start=start, count=cfg.span, size=cfg.size,
-                     threads=cfg.decode_threads)
+    raw = decode_mp4(sample["mp4"], start=start, count=cfg.span, threads=cfg.decode_threads)
     if len(raw) < cfg.span:
         raise ValueError(f"{sample['__key__']}: {len(raw)} frames from {start}, need {cfg.span}")
-    return _frames_to_tensor(raw[:: cfg.stride], cfg.patch)
+    return _frames_to_tensor(raw[:: cfg.stride], cfg.patch, cfg.size)
 
 
 def _n_frames(sample: Sample) -> int:
@@ -233,10 +244,10 @@ def make_train_video(sample: Sample, epoch: int, *, cfg: VideoDataConfig) -> lis
 def make_eval_video(sample: Sample, epoch: int, *, cfg: VideoDataConfig, k: int) -> list[dict]:
     """k fixed windows per clip, each {"frames": (T,C,H,W), "clip_id": str, "start": int}."""
     n = _n_frames(sample)
-    raw = decode_mp4(sample["mp4"], size=cfg.size, threads=cfg.decode_threads)
+    raw = decode_mp4(sample["mp4"], threads=cfg.decode_threads)
     out = []
     for s in window_starts(min(n, len(raw)), cfg.span, k):
-        x = _frames_to_tensor(raw[s : s + cfg.span : cfg.stride], cfg.patch)
+        x = _frames_to_tensor(raw[s : s + cfg.span : cfg.stride], cfg.patch, cfg.size)
         out.append({"frames": x, "clip_id": sample["__key__"], "start": s})
     return out
 
@@ -441,37 +452,53 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def chunk_starts(n: int, chunk: int, overlap: int) -> list[int]:
+    """Start frames of encode chunks: each chunk shares `overlap` frames with the previous one."""
+    starts = [0]
+    while starts[-1] + chunk < n:
+        starts.append(starts[-1] + chunk - overlap)
+    return starts
+
+
 def encode_clip(
     frames_TCHW: torch.Tensor, encode_fn: Callable[[torch.Tensor], Any], chunk: int | None,
+    overlap: int = 1,
 ) -> dict[str, np.ndarray]:
-    """Run encode_fn over a clip in chunks of `chunk` frames (one batch), concatenated in time.
+    """Run encode_fn over a clip in chunks of `chunk` frames, concatenated back in time.
 
     encode_fn takes (B, t, C, H, W) float and returns a tensor (B, t, ...) or a dict of them, each
-    with the frame axis second; the result has the clip's frame axis first, so windows of frames
-    and of every array line up.
+    with the frame axis second; the result has the clip's frame axis first (length T), so windows
+    of frames and of every array line up. Chunk k > 0 starts `overlap` frames early and its first
+    `overlap` outputs are dropped: with overlap 1, a frame-aligned action (the action into frame t,
+    needing frames t-1 and t) is defined at every chunk boundary, not only inside chunks.
+
+    Returns:
+        {name: array (T, ...)}: ids as uint16 when in [0, 65536), else int32; floats as float32.
     """
     n = frames_TCHW.shape[0]
     chunk = n if chunk is None else chunk
-    pieces: list[torch.Tensor] = []
-    full = (n // chunk) * chunk
-    if full:
-        pieces.append(frames_TCHW[:full].reshape(n // chunk, chunk, *frames_TCHW.shape[1:]))
-    if full < n:
-        pieces.append(frames_TCHW[full:][None])
-    out: dict[str, list[np.ndarray]] = {}
+    if not 0 <= overlap < chunk:
+        raise ValueError(f"need 0 <= overlap < chunk, got {overlap}, {chunk}")
+    starts = chunk_starts(n, chunk, overlap)
+    by_len: dict[int, list[int]] = {}  # chunks of equal length share one encode_fn call
+    for s in starts:
+        by_len.setdefault(min(chunk, n - s), []).append(s)
+    outs: dict[int, dict[str, np.ndarray]] = {}
     with torch.no_grad():
-        for x in pieces:
+        for length, group in by_len.items():
+            x = torch.stack([frames_TCHW[s : s + length] for s in group])  # (B, t, C, H, W)
             res = encode_fn(x)
             res = res if isinstance(res, dict) else {ENCODE_ARRAY: res}
-            for k, v in res.items():
-                v = v.detach().cpu()
-                out.setdefault(k, []).append(v.reshape(-1, *v.shape[2:]).numpy())
-    return {k: _store_dtype(np.concatenate(v)) for k, v in out.items()}
+            for i, s in enumerate(group):
+                outs[s] = {k: v[i].detach().cpu().numpy() for k, v in res.items()}
+    parts = [{k: v[0 if s == 0 else overlap:] for k, v in outs[s].items()} for s in starts]
+    return {k: _store_dtype(np.concatenate([p[k] for p in parts])) for k in parts[0]}
 
 
 def write_token_shards(
     data: str | Path, out_dir: str | Path, encode_fn: Callable[[torch.Tensor], Any], *,
-    encoder_id: str, chunk: int | None = 16, size: tuple[int, int] | None = None, patch: int = 4,
+    encoder_id: str, chunk: int | None = 16, overlap: int = 1,
+    size: tuple[int, int] | None = None, patch: int = 4,
 ) -> dict[str, Any]:
     """Encode every clip once and write token shards mirroring the source shards.
 
@@ -485,7 +512,8 @@ def write_token_shards(
         encode_fn: (B, t, C, H, W) float [0, 1] -> tensor (B, t, ...) or dict of such tensors.
         encoder_id: identifies the encoder (e.g. the tokenizer checkpoint path and step); part of
             the token dataset's version.
-        chunk: frames per encode_fn call (the tokenizer's training context); None = whole clip.
+        chunk: frames per encode_fn call (the models' training context); None = whole clip.
+        overlap: frames shared by consecutive chunks (see encode_clip); 1 suits LAM actions.
         size, patch: as VideoDataConfig (must match what the encoder was trained on).
     Returns:
         the manifest dict.
@@ -497,14 +525,16 @@ def write_token_shards(
     for src in shards:
         dst = out / "shards" / Path(src).name
         if not dst.exists():
-            _write_token_shard(src, dst, encode_fn, chunk=chunk, size=size, patch=patch)
+            _write_token_shard(src, dst, encode_fn, chunk=chunk, overlap=overlap, size=size,
+                               patch=patch)
         entries.append(_shard_entry(dst, out))
         log.info("token shard %s: %d samples", dst.name, entries[-1]["n_samples"])
     ident = json.dumps({"source": version, "encoder": encoder_id, "chunk": chunk,
+                        "overlap": overlap,
                         "shards": [e["sha256"] for e in entries]}, sort_keys=True)
     manifest = {"version": hashlib.sha256(ident.encode()).hexdigest()[:16],
                 "source_version": version, "encoder": encoder_id, "chunk": chunk,
-                "shards": entries}
+                "overlap": overlap, "shards": entries}
     _atomic_write(out / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True)
                                           + "\n").encode())
     return manifest
@@ -517,8 +547,10 @@ def _write_token_shard(src: str, dst: Path, encode_fn: Callable, **kw: Any) -> N
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for sample in iter_samples([src]):
                 meta = json.loads(sample["json"])
-                raw = decode_mp4(sample["mp4"], size=kw["size"])
-                arrays = encode_clip(_frames_to_tensor(raw, kw["patch"]), encode_fn, kw["chunk"])
+                raw = decode_mp4(sample["mp4"])
+                frames = _frames_to_tensor(raw, kw["patch"], kw["size"])
+                arrays = encode_clip(frames, encode_fn, kw["chunk"],
+                                     kw["overlap"])
                 meta["arrays"] = {k: list(v.shape) for k, v in arrays.items()}
                 meta["n_frames"] = len(raw)
                 key = sample["__key__"]

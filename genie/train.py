@@ -44,7 +44,7 @@ STAGES = ("tokenizer", "lam", "dynamics")
 class LossModel(Protocol):
     """What the Trainer needs from a model (an nn.Module with this method)."""
 
-    def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]: ...
 
 
 @dataclass
@@ -278,8 +278,12 @@ class Trainer:
             self.flops_per_step = float(counter.get_total_flops()) * self.cfg.grad_accum
         return loss.detach(), metrics
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step over cfg.grad_accum micro-batches; returns this rank's metrics."""
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over cfg.grad_accum micro-batches.
+
+        Returns this rank's metrics, averaged over micro-batches: floats or 0-d tensors (not
+        synced to the host until logged).
+        """
         cfg = self.cfg
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
@@ -287,7 +291,7 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
-        sums: dict[str, float] = {}
+        sums: dict[str, Any] = {}
         for micro in range(cfg.grad_accum):
             batch = to_device(next(self.data), self.device)
             self._window["samples"] += batch_size_of(batch)
@@ -295,9 +299,10 @@ class Trainer:
             count = cfg.count_flops and self.flops_per_step is None and micro == 0
             loss, metrics = self._micro_step(batch, micro == cfg.grad_accum - 1, count)
             loss_sum += loss
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        out = {k: v / cfg.grad_accum for k, v in sums.items()}
+            for k, v in metrics.items():  # 0-d tensors stay on the device until logged
+                v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+                sums[k] = sums.get(k, 0.0) + v
+        out: dict[str, Any] = {k: v / cfg.grad_accum for k, v in sums.items()}
         if cfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             out["grad_norm"] = norm  # a tensor until logged: no device sync per step

@@ -94,6 +94,13 @@ def test_resize_option(dataset: Path) -> None:
     cfg = D.VideoDataConfig(batch_size=1, num_workers=0, size=(64, 64), patch=16, frames=4,
                             stride=2)
     assert next(D.video_loader(dataset, cfg)).shape == (1, 4, 3, 64, 64)
+    # 160x90 -> 80x45 is the mean of each 2x2 RGB block, then padded 45 -> 48 for patch 4
+    sample = next(D.iter_samples(D.resolve_shards(dataset)[0]))
+    full = D.decode_mp4(sample["mp4"], count=2)
+    half = D._frames_to_tensor(full, 4, (45, 80))
+    mean = torch.from_numpy(full).float().div(255).reshape(2, 45, 2, 80, 2, 3).mean(dim=(2, 4))
+    assert half.shape == (2, 3, 48, 80)
+    torch.testing.assert_close(half[:, :, :45].permute(0, 2, 3, 1), mean)
 
 
 def test_windows_depend_on_seed(dataset: Path) -> None:
@@ -197,3 +204,25 @@ def test_token_shards_round_trip(dataset: Path, tmp_path: Path) -> None:
     assert batch["tokens"].shape == (2, 16, 23, 40) and batch["tokens"].dtype == torch.int64
     ev = next(D.eval_token_batches(out, D.VideoDataConfig(batch_size=1, frames=160)))
     np.testing.assert_array_equal(ev["tokens"][0].numpy(), arr)
+
+
+def chunk_actions(x_BTCHW: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Like LAM.frame_actions on each chunk: -1 into the chunk's first frame, then 'actions' that
+    encode the frame pair (mean grey level of frame t-1, quantised) so the stitching is checkable."""
+    grey = (x_BTCHW.mean(dim=(2, 3, 4)) * 100).round().long()  # (B, t)
+    prev = torch.cat([torch.full_like(grey[:, :1], -1), grey[:, :-1]], dim=1)
+    return {"tokens": pooled_tokens(x_BTCHW), "actions": prev}
+
+
+def test_chunk_overlap_gives_an_action_at_every_boundary(dataset: Path) -> None:
+    assert D.chunk_starts(160, 16, 1) == [0, 15, 30, 45, 60, 75, 90, 105, 120, 135, 150]
+    assert D.chunk_starts(160, 16, 0) == list(range(0, 160, 16))
+    src = next(D.iter_samples([str(dataset / "shards/test-000000.tar")]))
+    frames = D._frames_to_tensor(D.decode_mp4(src["mp4"]), 4)
+    out = D.encode_clip(frames, chunk_actions, chunk=16, overlap=1)
+    assert out["tokens"].shape == (160, 23, 40) and out["actions"].shape == (160,)
+    assert out["actions"].dtype == np.int32  # -1 does not fit uint16
+    whole = chunk_actions(frames[None])["actions"][0].numpy()
+    np.testing.assert_array_equal(out["actions"], whole)  # -1 only at frame 0
+    gaps = D.encode_clip(frames, chunk_actions, chunk=16, overlap=0)["actions"]
+    assert (gaps == -1).sum() == 10  # without overlap, each chunk start lacks its action

@@ -33,7 +33,7 @@ class Toy(nn.Module):
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         err = F.mse_loss(self.net(batch["x"]), batch["y"])
-        return err, {"mse": err.item()}
+        return err, {"mse": err.item(), "rmse": err.detach().sqrt()}  # floats or 0-d tensors
 
 
 class ToySource:
@@ -107,7 +107,7 @@ def test_loss_falls_and_metrics_are_logged(tmp_path: Path) -> None:
     assert rows[-1]["loss"] < 0.2 * rows[0]["loss"]
     assert rows[-1]["lr"] == pytest.approx(lr_at(39, trainer.cfg))
     assert rows[0]["samples_per_s"] > 0 and rows[0]["tokens_per_s"] > 0
-    assert set(rows[0]) >= {"mse", "grad_norm", "step_time_s", "tflops_per_s_per_device"}
+    assert set(rows[0]) >= {"mse", "rmse", "grad_norm", "step_time_s", "tflops_per_s_per_device"}
     # FLOPs of one step = 2 micro-batches x (forward 2*16*(8*32 + 32*8) + backward: weight grads
     # of both layers and the input grad of the second)
     fwd = 2 * 16 * (8 * 32 + 32 * 8)
