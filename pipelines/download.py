@@ -405,7 +405,12 @@ def download(
     archive.parent.mkdir(parents=True, exist_ok=True)
     existing = _existing(dest_dir, c.video_id)
     archived = _archive_has(archive, c)
-    if existing is not None and archived:
+    row = ledger.get(c.video_id) if ledger is not None and existing is not None else None
+    # On disk and recorded as done by yt-dlp's archive or by our ledger: no request at all.
+    recorded = archived or (
+        row is not None and row.state == "downloaded" and row.path == str(existing)
+    )
+    if existing is not None and recorded:
         logger.info("%s already downloaded: %s", c.video_id, existing)
         size = existing.stat().st_size
         result = DownloadResult(

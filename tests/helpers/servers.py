@@ -5,22 +5,24 @@ API::
     from tests.helpers.servers import serve_dir, make_video
 
     make_video(tmp / "a.mp4", seconds=20, size="320x180")   # ffmpeg testsrc, H.264, no audio
-    with serve_dir(tmp, stall_s=30, flaky_failures=2) as srv:
+    with serve_dir(tmp, stall_s=30, flaky_failures=2, slow_s=1.0) as srv:
         url = srv.url("a.mp4")           # http://127.0.0.1:PORT/a.mp4
         srv.url("a.mp4", route="404")     # always 404
         srv.url("a.mp4", route="flaky")   # 500 for the first ``flaky_failures`` requests, then 200
         srv.url("a.mp4", route="drop")    # full headers, half the body, then the socket closes
         srv.url("a.mp4", route="stall")   # headers and 1 KiB, then silence for ``stall_s`` seconds
-        srv.url("a.mp4", route="nolength")  # 200 without Content-Length (chunk-less close)
+        srv.url("a.mp4", route="nolength")  # 200 without Content-Length (ends by closing)
+        srv.url("a.mp4", route="slow")    # the body paced over ``slow_s`` seconds by the server
         srv.count("a.mp4")                 # GET requests that reached a.mp4 on any route
         srv.count("a.mp4", method="HEAD", route="flaky")
         srv.requests                        # list of (method, route, relative path) in order
-        srv.max_active                      # most body transfers running at once
 
 Served files get a correct Content-Type (video/mp4 for .mp4, from ``mimetypes``) and
 Content-Length; HEAD and single ``Range: bytes=a-b`` requests (206, Content-Range; 416 when
 unsatisfiable) are supported on the normal and flaky routes. Routes are path prefixes
-(``/_404/``, ``/_flaky/``, ``/_drop/``, ``/_stall/``, ``/_nolength/``); the flaky counter is per path.
+(``/_404/``, ``/_flaky/``, ``/_drop/``, ``/_stall/``, ``/_nolength/``, ``/_slow/``); the flaky
+counter is per path. To show that a client waited, time it against the slow route: the kernel's
+socket buffers swallow a small body at once elsewhere, whatever the client does.
 Leaving the ``with`` block stops the server and wakes stalled handlers, so tests end quickly.
 """
 
@@ -39,7 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-ROUTES = ("plain", "404", "flaky", "drop", "stall", "nolength")
+ROUTES = ("plain", "404", "flaky", "drop", "stall", "nolength", "slow")
 _CHUNK = 64 * 1024
 
 
@@ -81,9 +83,8 @@ class Server:
     port: int
     stall_s: float
     flaky_failures: int
+    slow_s: float = 1.0
     requests: list[tuple[str, str, str]] = field(default_factory=list)
-    max_active: int = 0
-    _active: int = 0
     _flaky_seen: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -107,15 +108,6 @@ class Server:
                 if m == method and p == rel and (route is None or r == route)
             )
 
-    def _enter(self) -> None:
-        with self._lock:
-            self._active += 1
-            self.max_active = max(self.max_active, self._active)
-
-    def _leave(self) -> None:
-        with self._lock:
-            self._active -= 1
-
 
 def _handler(srv: Server) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
@@ -132,7 +124,7 @@ def _handler(srv: Server) -> type[BaseHTTPRequestHandler]:
 
         def _route(self) -> tuple[str, str]:
             path = unquote(urlsplit(self.path).path).lstrip("/")
-            m = re.match(r"_(404|flaky|drop|stall|nolength)/(.*)$", path)
+            m = re.match(r"_(404|flaky|drop|stall|nolength|slow)/(.*)$", path)
             return (m.group(1), m.group(2)) if m else ("plain", path)
 
         def _error(self, code: int) -> None:
@@ -191,13 +183,10 @@ def _handler(srv: Server) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if head:
                 return
-            srv._enter()
             try:
                 self._body(route, body)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client hung up (yt-dlp's metadata probe reads only the headers)
-            finally:
-                srv._leave()
 
         def _body(self, route: str, body: bytes) -> None:
             if route == "drop":
@@ -211,8 +200,20 @@ def _handler(srv: Server) -> type[BaseHTTPRequestHandler]:
                 srv._stop.wait(srv.stall_s)
                 self.close_connection = True
                 return
+            if route == "slow":
+                self._slow(body)
+                return
             for i in range(0, len(body), _CHUNK):
                 self.wfile.write(body[i : i + _CHUNK])
+
+        def _slow(self, body: bytes) -> None:
+            n = 20
+            step = -(-len(body) // n)
+            for i in range(0, len(body), step):
+                self.wfile.write(body[i : i + step])
+                self.wfile.flush()
+                if srv._stop.wait(srv.slow_s / n):
+                    return
 
     return Handler
 
@@ -229,9 +230,11 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve_dir(root: Path, *, stall_s: float = 30.0, flaky_failures: int = 2) -> Iterator[Server]:
+def serve_dir(
+    root: Path, *, stall_s: float = 30.0, flaky_failures: int = 2, slow_s: float = 1.0
+) -> Iterator[Server]:
     """Serve ``root`` on 127.0.0.1 at an ephemeral port in a background thread."""
-    srv = Server(Path(root), 0, stall_s, flaky_failures)
+    srv = Server(Path(root), 0, stall_s, flaky_failures, slow_s)
     httpd = _QuietServer(("127.0.0.1", 0), _handler(srv))
     srv.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, name="test-http", daemon=True)

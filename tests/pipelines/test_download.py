@@ -7,13 +7,19 @@ descriptions and durations, and misbehaving routes (404, 500-then-ok, dropped, s
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from yt_dlp import YoutubeDL
 
+import pipelines.download as dl_mod
 from pipelines.download import (
     DownloadConfig,
     DownloadResult,
@@ -254,21 +260,85 @@ def test_playlist_rules_and_duration_bounds_before_download(
     assert len({c.video_id for c in everything}) == 6
 
 
-def test_concurrency_limit_and_ratelimit(tmp_path: Path, srv: Server) -> None:
-    cfg = DownloadConfig(max_concurrent=1, ratelimit=2_000_000, retries=0)
+@pytest.mark.parametrize("limit", [1, 3])
+def test_concurrency_limit_is_shared_by_threads(
+    tmp_path: Path, site: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    # A spy around the real attempt counts the yt-dlp runs in flight; nothing is faked.
+    lock, now, peak = threading.Lock(), [0], [0]
+    real = dl_mod._attempt
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        try:
+            return real(*args, **kw)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(dl_mod, "_attempt", spy)
+    cfg = DownloadConfig(max_concurrent=limit, retries=0)
     results: list[DownloadResult] = []
-    names = ["a.mp4", "b.mp4", "c.mp4"]
+    with serve_dir(site, slow_s=0.5) as s:  # each body takes 0.5 s: attempts overlap if allowed
 
-    def run(name: str) -> None:
-        results.append(download(direct(srv.url(name)), tmp_path / "dl", cfg, tmp_path / "ar.txt"))
+        def run(name: str) -> None:
+            c = direct(s.url(name, "slow"))
+            results.append(download(c, tmp_path / "dl", cfg, tmp_path / "ar.txt"))
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in names]
+        threads = [threading.Thread(target=run, args=(n,)) for n in ("a.mp4", "b.mp4", "c.mp4")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert len(results) == 3 and all(r.ok for r in results)
+    assert peak[0] == limit
+
+
+def test_ratelimit_paces_the_download(tmp_path: Path, srv: Server) -> None:
+    cfg = DownloadConfig(ratelimit=200_000, retries=0)
+    t0 = time.monotonic()
+    r = download(direct(srv.url("a.mp4")), tmp_path / "dl", cfg, tmp_path / "ar.txt")
+    elapsed = time.monotonic() - t0
+    assert r.ok and r.bytes > 150_000
+    assert elapsed >= 0.8 * r.bytes / 200_000, elapsed  # loopback alone takes milliseconds
+
+
+def test_ledger_is_safe_for_threads_and_processes(tmp_path: Path) -> None:
+    path = tmp_path / "work" / "ledger.sqlite"
+    led = Ledger(path)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pipelines.ledger import Ledger; led = Ledger(sys.argv[1])\n"
+            "for i in range(100): led.upsert(f'p-{i}', f'http://x/p{i}', state='failed',"
+            " error_class='timeout', message='m', add_attempts=1)\n"
+            "for i in range(100): led.upsert('shared', 'http://x/s', state='failed', add_attempts=1)",
+            str(path),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+    def work(k: int) -> None:
+        for i in range(50):
+            led.upsert(f"t{k}-{i}", f"http://x/t{k}/{i}", state="resolved", source_url="s")
+            led.upsert("shared", "http://x/s", state="failed", add_attempts=1)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert all(r.ok for r in results) and len(results) == 3
-    assert srv.max_active == 1  # bodies were never sent to two downloads at once
+    assert child.wait(timeout=60) == 0
+    assert led.counts() == {"resolved": 200, "failed": 101}
+    shared = led.get("shared")
+    assert shared is not None and shared.attempts == 300  # no lost update
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(ValueError, match="state must be one of"):
+        led.upsert("x", "http://x", state="done")
 
 
 def test_format_selection_prefers_smallest_usable(tmp_path: Path) -> None:
