@@ -90,21 +90,46 @@ class DynamicsModel(nn.Module):
 
     def loss(
         self,
-        tokens_BTHW: torch.Tensor,
-        actions_BA: torch.Tensor,
+        batch: torch.Tensor | dict,
+        actions: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Masked-token cross-entropy. Returns (loss, metrics: loss, accuracy, mask_rate)."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Masked-token cross-entropy.
+
+        Args:
+            batch: tokens_BTHW (long), or a token-loader dict {"tokens": (B,T,H,W), "actions": ...}.
+            actions: (B, T-1) transitions a_0..a_{T-2}, or frame-aligned (B, T) as written by
+                LatentActionModel.frame_actions (column 0 ignored). Taken from the dict if None.
+            generator: for the mask draw (tests).
+        Returns:
+            (loss, metrics): detached 0-d tensors: loss, accuracy (on masked tokens), mask_rate.
+        """
+        tokens_BTHW = batch["tokens"] if isinstance(batch, dict) else batch
+        if actions is None:
+            if not isinstance(batch, dict):
+                raise ValueError("pass actions, or a dict batch with an 'actions' entry")
+            actions = batch["actions"]
+        actions_BA = transitions(actions, tokens_BTHW.shape[1])
         mask_BTHW = self.sample_mask(tokens_BTHW, generator)
         logits_BTHWK = self.logits(tokens_BTHW, actions_BA, mask_BTHW)
         logits_NK, target_N = logits_BTHWK[mask_BTHW], tokens_BTHW[mask_BTHW]
         if target_N.numel() == 0:  # possible only with mask_rate_max ~ 0 or a single frame
             loss = logits_BTHWK.sum() * 0.0
-            acc = 0.0
+            acc = loss.detach()
         else:
             loss = F.cross_entropy(logits_NK.float(), target_N)
-            acc = (logits_NK.argmax(-1) == target_N).float().mean().item()
-        n_maskable = mask_BTHW[:, 1:].numel()
-        metrics = {"loss": loss.item(), "accuracy": acc,
-                   "mask_rate": mask_BTHW.sum().item() / max(n_maskable, 1)}  # fmt: skip
-        return loss, metrics
+            acc = (logits_NK.detach().argmax(-1) == target_N).float().mean()
+        rate = mask_BTHW[:, 1:].float().mean() if tokens_BTHW.shape[1] > 1 else acc * 0
+        return loss, {"loss": loss.detach(), "accuracy": acc, "mask_rate": rate}
+
+
+def transitions(actions: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """Actions as (B, T-1) transitions: (B, T-1) is returned as is, frame-aligned (B, T) loses
+    column 0 (the action into frame 0, NO_ACTION in genie.lam.frame_actions)."""
+    if actions.shape[1] == n_frames:
+        return actions[:, 1:]
+    if actions.shape[1] == n_frames - 1:
+        return actions
+    raise ValueError(
+        f"actions for {n_frames} frames must be (B, T-1) or (B, T), got {tuple(actions.shape)}"
+    )

@@ -22,7 +22,9 @@ from torch import nn
 from genie.presets import LAMConfig
 from genie.quantizer import QuantizerOutput, VectorQuantizer
 from genie.st_transformer import STTransformer, init_weights
-from genie.tokenizer import patchify, unpatchify
+from genie.tokenizer import as_frames, check_frames, patchify, unpatchify
+
+NO_ACTION = -1  # frame_actions' value for frame 0, which no action led into
 
 
 class LatentActionModel(nn.Module):
@@ -49,16 +51,17 @@ class LatentActionModel(nn.Module):
 
     def _quantize(self, x_BTCHW: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         """Encoder + VQ. Returns patches_BTSP of the input and the VQ output for (B, T-1) actions."""
+        c = self.config
+        check_frames(x_BTCHW, c.patch, c.grid, c.channels)
         if x_BTCHW.shape[1] < 2:
             raise ValueError("the LAM needs at least two frames")
-        patches_BTSP = patchify(x_BTCHW, self.config.patch)
+        patches_BTSP = patchify(x_BTCHW, c.patch)
         B, T, S, _ = patches_BTSP.shape
         tok_BTSC = self.enc_patch_in(patches_BTSP)
         act_BT1C = self.action_token.expand(B, T, 1, -1)
         h_BTSC = self.encoder(torch.cat([act_BT1C, tok_BTSC], dim=2))  # (B, T, 1+S, C)
-        a_BAD = self.to_action(
-            h_BTSC[:, 1:, 0]
-        )  # action tokens of frames 1..T-1: (B, T-1, code_dim)
+        # the action token of frames 1..T-1: (B, T-1, code_dim)
+        a_BAD = self.to_action(h_BTSC[:, 1:, 0])
         return patches_BTSP, self.vq(a_BAD)
 
     def _predict(self, patches_BTSP: torch.Tensor, a_BAD: torch.Tensor) -> torch.Tensor:
@@ -70,34 +73,64 @@ class LatentActionModel(nn.Module):
 
     @torch.no_grad()
     def infer_actions(self, x_BTCHW: torch.Tensor) -> torch.Tensor:
-        """Frames (B,T,C,H,W) in [0,1] -> actions (B, T-1) long; a_t is the transition x_t -> x_{t+1}."""
+        """Frames (B,T,C,H,W) in [0,1] -> actions (B, T-1) long; a_t is the transition x_t -> x_{t+1}.
+
+        Any T >= 2: clips longer than max_frames are covered by windows of max_frames frames that
+        overlap by one frame, so every transition is inferred once (with the context of its window).
+        Never updates the VQ's usage counters or restarts codes.
+        """
         was_training = self.vq.training
-        self.vq.eval()  # inference must not touch usage counters or restart codes
+        self.vq.eval()
         try:
-            return self._quantize(x_BTCHW)[1].indices
+            T, W = x_BTCHW.shape[1], self.config.max_frames
+            pieces = [
+                self._quantize(x_BTCHW[:, s : s + W])[1].indices for s in range(0, T - 1, W - 1)
+            ]
         finally:
             self.vq.train(was_training)
+        return torch.cat(pieces, dim=1)
+
+    @torch.no_grad()
+    def frame_actions(self, x_BTCHW: torch.Tensor) -> torch.Tensor:
+        """Frame-aligned actions (B, T) long: column t is the action that led INTO frame t (a_{t-1});
+        column 0 is NO_ACTION (-1). Stored next to tokens, a window of frames slices its actions
+        with the same index; DynamicsModel accepts this layout and ignores column 0."""
+        a_BA = self.infer_actions(x_BTCHW)
+        return torch.cat([a_BA.new_full((a_BA.shape[0], 1), NO_ACTION), a_BA], dim=1)
 
     def action_embeddings(self) -> torch.Tensor:
         """The action codebook (|A|, code_dim), the only LAM part kept at inference (paper)."""
         return self.vq.codes()
 
     def predict(self, x_BTCHW: torch.Tensor) -> torch.Tensor:
-        """Reconstruct frames 1..T-1 from frames 0..T-2 and the inferred actions: (B,T-1,C,H,W)."""
+        """Predict frames 1..T-1 from frames 0..T-2 and the inferred actions: (B,T-1,C,H,W)."""
         patches_BTSP, q = self._quantize(x_BTCHW)
         return self._predict(patches_BTSP, q.z_q)
 
-    def loss(self, x_BTCHW: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """MSE(predicted x_{1..T-1}, x_{1..T-1}) + VQ loss. Returns (loss, metrics)."""
+    def loss(self, batch: torch.Tensor | dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """MSE(predicted x_{1..T-1}, x_{1..T-1}) + VQ loss.
+
+        Args:
+            batch: frames (B,T,C,H,W) in [0,1] (configured or loader-padded size), or a dict with
+                them under "frames".
+        Returns:
+            (loss, metrics): detached 0-d tensors: loss, mse, vq_loss, perplexity, codebook_usage,
+            codes_restarted, and action_frac_{i} (share of transitions given action i) to spot
+            collapse.
+        """
+        c = self.config
+        x_BTCHW = as_frames(batch)
         patches_BTSP, q = self._quantize(x_BTCHW)
         pred = self._predict(patches_BTSP, q.z_q)
-        mse = F.mse_loss(pred, x_BTCHW[:, 1:])
+        mse = F.mse_loss(pred, x_BTCHW[:, 1:, :, : c.height, : c.width])
         loss = mse + q.loss
-        counts = torch.bincount(q.indices.flatten(), minlength=self.config.n_codes)
+        frac_K = (
+            torch.bincount(q.indices.flatten(), minlength=c.n_codes).float() / q.indices.numel()
+        )
         metrics = {
-            "loss": loss.item(), "mse": mse.item(), "vq_loss": q.loss.item(),
-            "perplexity": q.perplexity.item(), "codebook_usage": q.usage.item(),
-            "codes_restarted": float(self.vq.n_restarts),
-            **{f"action_frac_{i}": float(n) / q.indices.numel() for i, n in enumerate(counts.tolist())},
+            "loss": loss.detach(), "mse": mse.detach(), "vq_loss": q.loss.detach(),
+            "perplexity": q.perplexity.detach(), "codebook_usage": q.usage.detach(),
+            "codes_restarted": self.vq.n_restarts.clone(),
+            **{f"action_frac_{i}": frac_K[i] for i in range(c.n_codes)},
         }  # fmt: skip
         return loss, metrics

@@ -39,6 +39,20 @@ def unpatchify(
     return x_BTCHW[..., :height, :width]
 
 
+def as_frames(batch: torch.Tensor | dict) -> torch.Tensor:
+    """A batch from the video loader: a tensor (B,T,C,H,W), or a dict with it under "frames"."""
+    return batch["frames"] if isinstance(batch, dict) else batch
+
+
+def check_frames(x_BTCHW: torch.Tensor, patch: int, grid: tuple[int, int], channels: int) -> None:
+    """Frames must pad to the configured token grid (the raw size, or the loader's padded one)."""
+    if x_BTCHW.dim() != 5 or x_BTCHW.shape[2] != channels:
+        raise ValueError(f"expected frames (B,T,{channels},H,W), got {tuple(x_BTCHW.shape)}")
+    H, W = x_BTCHW.shape[-2:]
+    if (-(-H // patch), -(-W // patch)) != grid:
+        raise ValueError(f"frames {H}x{W} with patch {patch} do not give the token grid {grid}")
+
+
 class VideoTokenizer(nn.Module):
     """ST-ViViT VQ-VAE. Constructor: VideoTokenizer(config=TokenizerConfig(...))."""
 
@@ -61,24 +75,29 @@ class VideoTokenizer(nn.Module):
             n_layers=c.dec_layers, d_model=c.dec_d_model, n_heads=c.dec_heads, **common
         )
         self.patch_out = nn.Linear(c.dec_d_model, n_pix)
-        for name, m in self.named_modules():
-            if name != "vq":
-                init_weights(m)
+        self.apply(init_weights)
 
     def _encode_latents(self, x_BTCHW: torch.Tensor) -> torch.Tensor:
         """Continuous pre-quantization latents (B,T,S,code_dim)."""
+        check_frames(x_BTCHW, self.config.patch, self.config.grid, self.config.channels)
         patches_BTSP = patchify(x_BTCHW, self.config.patch)
         return self.to_code(self.encoder(self.patch_in(patches_BTSP)))
 
-    def _decode_codes(self, z_BTSD: torch.Tensor) -> torch.Tensor:
-        """Quantized vectors (B,T,S,code_dim) -> unclamped pixels (B,T,C,H,W)."""
+    def _decode_codes(
+        self, z_BTSD: torch.Tensor, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Quantized vectors (B,T,S,code_dim) -> unclamped pixels (B,T,C,H,W), H,W = size or config."""
         c = self.config
+        h, w = size if size is not None else (c.height, c.width)
         patches_BTSP = self.patch_out(self.decoder(self.from_code(z_BTSD)))
-        return unpatchify(patches_BTSP, c.patch, c.channels, c.height, c.width)
+        return unpatchify(patches_BTSP, c.patch, c.channels, h, w)
 
     @torch.no_grad()
     def encode(self, x_BTCHW: torch.Tensor) -> torch.Tensor:
-        """Frames in [0,1] (B,T,C,H,W) -> tokens_BTHW (long, (B,T,gh,gw)). Does not update VQ state."""
+        """Frames in [0,1] (B,T,C,H,W) -> tokens_BTHW (long, (B,T,gh,gw)). Does not update VQ state.
+
+        H, W may be the configured size or the loader's already padded one (90 or 92 for patch 4).
+        """
         B, T = x_BTCHW.shape[:2]
         gh, gw = self.config.grid
         was_training = self.vq.training
@@ -90,25 +109,38 @@ class VideoTokenizer(nn.Module):
         return idx_BTS.view(B, T, gh, gw)
 
     def decode(self, tokens_BTHW: torch.Tensor) -> torch.Tensor:
-        """tokens_BTHW (long) -> frames (B,T,C,H,W) clamped to [0,1]. Frame t uses tokens 1..t only."""
+        """tokens_BTHW (long) -> frames (B,T,C,H,W) at the configured size, clamped to [0,1].
+
+        Frame t uses tokens 1..t only.
+        """
         B, T, gh, gw = tokens_BTHW.shape
         z_BTSD = self.vq.lookup(tokens_BTHW.reshape(B, T, gh * gw))
         return self._decode_codes(z_BTSD).clamp(0.0, 1.0)
 
     def reconstruct(self, x_BTCHW: torch.Tensor) -> torch.Tensor:
-        """encode then decode, with straight-through gradients (unclamped output)."""
-        return self._decode_codes(self.vq(self._encode_latents(x_BTCHW)).z_q)
-
-    def loss(self, x_BTCHW: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss on frames in [0,1]: MSE(recon, x) + VQ loss. Returns (loss, metrics)."""
+        """encode then decode with straight-through gradients; unclamped, same size as the input."""
         q = self.vq(self._encode_latents(x_BTCHW))
-        recon = self._decode_codes(q.z_q)
-        mse = F.mse_loss(recon, x_BTCHW)
+        return self._decode_codes(q.z_q, size=x_BTCHW.shape[-2:])
+
+    def loss(self, batch: torch.Tensor | dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss: MSE(recon, x) + VQ loss on frames in [0,1].
+
+        Args:
+            batch: frames (B,T,C,H,W), or a dict holding them under "frames".
+        Returns:
+            (loss, metrics): metrics are detached 0-d tensors (loss, mse, psnr of the batch MSE,
+            vq_loss, perplexity, codebook_usage, codes_restarted), so no device sync happens here.
+        """
+        x_BTCHW = as_frames(batch)
+        q = self.vq(self._encode_latents(x_BTCHW))
+        # padding added by a loader is not part of the picture: score the configured area only
+        c = self.config
+        mse = F.mse_loss(self._decode_codes(q.z_q), x_BTCHW[..., : c.height, : c.width])
         loss = mse + q.loss
-        psnr = -10.0 * torch.log10(mse.detach().clamp_min(1e-10))
         metrics = {
-            "loss": loss.item(), "mse": mse.item(), "psnr": psnr.item(), "vq_loss": q.loss.item(),
-            "perplexity": q.perplexity.item(), "codebook_usage": q.usage.item(),
-            "codes_restarted": float(self.vq.n_restarts),
+            "loss": loss.detach(), "mse": mse.detach(),
+            "psnr": -10.0 * torch.log10(mse.detach().clamp_min(1e-10)),
+            "vq_loss": q.loss.detach(), "perplexity": q.perplexity.detach(),
+            "codebook_usage": q.usage.detach(), "codes_restarted": self.vq.n_restarts.clone(),
         }  # fmt: skip
         return loss, metrics

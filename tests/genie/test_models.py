@@ -25,6 +25,16 @@ from genie.tokenizer import VideoTokenizer, patchify, unpatchify
 ATOL = 1e-6
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these tensors are small, and on a shared machine two threads spinning
+    against other processes made the training tests ~6x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def moving_squares(
     b: int, t: int, h: int = 32, w: int = 32, side: int = 8, seed: int = 0
 ) -> torch.Tensor:
@@ -260,14 +270,15 @@ def _train(model: torch.nn.Module, loss_fn, steps: int = 30, lr: float = 3e-3) -
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(metrics["loss"])
+        losses.append(float(metrics["loss"]))
+    print(f"{type(model).__name__}: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     return losses
 
 
 def test_tiny_tokenizer_trains(cfg: GenieConfig) -> None:
     torch.manual_seed(0)
     tok = VideoTokenizer(config=cfg.tokenizer)
-    x = moving_squares(4, 8)
+    x = moving_squares(2, 6)
     losses = _train(tok, lambda: tok.loss(x))
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
 
@@ -326,3 +337,54 @@ def test_configs_reject_bad_values() -> None:
     t = tiny()
     with pytest.raises(ValueError):
         GenieConfig(tokenizer=t.tokenizer, lam=t.lam, dynamics=DynamicsConfig(grid_h=3, grid_w=3))
+
+
+# ---------------------------------------------------------------- loader conventions
+
+
+def test_models_accept_loader_padded_frames_and_dict_batches() -> None:
+    cfg = tiny(height=30, width=32)  # patch 4 pads 30 -> 32 (as the loader does for 90 -> 92)
+    torch.manual_seed(0)
+    tok = VideoTokenizer(config=cfg.tokenizer)
+    x = moving_squares(1, 3, h=30, w=32)
+    x_pad = torch.nn.functional.pad(x, (0, 0, 0, 2))
+    assert torch.equal(tok.encode(x), tok.encode(x_pad))
+    assert tok.decode(tok.encode(x)).shape == (1, 3, 3, 30, 32)
+    tok.eval()  # no VQ state changes between the two calls
+    (l1, _), (l2, _) = tok.loss(x), tok.loss({"frames": x_pad})
+    assert torch.allclose(l1, l2, atol=ATOL)  # padding rows are not scored
+    with pytest.raises(ValueError):
+        tok.encode(torch.rand(1, 2, 3, 40, 32))  # a different grid
+    lam = LatentActionModel(config=cfg.lam).eval()
+    assert torch.equal(lam.infer_actions(x), lam.infer_actions(x_pad))
+    (l1, _), (l2, _) = lam.loss(x), lam.loss({"frames": x_pad})
+    assert torch.allclose(l1, l2, atol=ATOL)
+
+
+def test_lam_infers_long_clips_in_overlapping_windows() -> None:
+    cfg = tiny(max_frames=4)
+    torch.manual_seed(0)
+    lam = LatentActionModel(config=cfg.lam).eval()
+    x = moving_squares(2, 10)
+    a = lam.infer_actions(x)
+    assert a.shape == (2, 9)
+    assert torch.equal(a[:, :3], lam.infer_actions(x[:, :4]))
+    assert torch.equal(a[:, 3:6], lam.infer_actions(x[:, 3:7]))
+    assert torch.equal(a[:, 6:], lam.infer_actions(x[:, 6:]))
+    fa = lam.frame_actions(x)
+    assert fa.shape == (2, 10) and (fa[:, 0] == -1).all() and torch.equal(fa[:, 1:], a)
+
+
+def test_dynamics_loss_takes_token_loader_dicts_and_frame_aligned_actions(cfg: GenieConfig) -> None:
+    c = cfg.dynamics
+    dyn = DynamicsModel(config=c)
+    tokens = torch.randint(0, c.vocab_size, (2, 5, c.grid_h, c.grid_w))
+    actions = torch.randint(0, c.n_actions, (2, 4))
+    framewise = torch.cat([torch.full((2, 1), -1), actions], dim=1)
+    l1, m = dyn.loss(tokens, actions, generator=torch.Generator().manual_seed(3))
+    l2, _ = dyn.loss(
+        {"tokens": tokens, "actions": framewise}, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(l1, l2) and set(m) == {"loss", "accuracy", "mask_rate"}
+    with pytest.raises(ValueError):
+        dyn.loss(tokens, actions[:, :2])
