@@ -122,7 +122,9 @@ class Stream:
         return "\n".join(self._stderr)
 
     def error(self) -> FFmpegError:
-        """An FFmpegError describing this process as it stands (call after it ended)."""
+        """Wait for the process to end and describe it as an FFmpegError (for a broken pipe)."""
+        self.proc.wait()
+        self._reader.join(timeout=5)  # the last stderr lines carry the reason
         return FFmpegError(self.cmd, self.proc.returncode, self.stderr_tail(), self.timed_out)
 
     def finish(self) -> None:

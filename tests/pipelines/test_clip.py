@@ -143,7 +143,7 @@ def _x264(out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("clipsrc")
-    v = {k: d / f"{k}.mp4" for k in ("plain", "cut", "p43", "portrait", "card", "long")}
+    v = {k: d / f"{k}.mp4" for k in ("plain", "cut", "p43", "portrait", "card", "long", "short")}
     # 42 s of motion: two clips and a 10 s remainder.
     _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30:duration=42", *_x264(v["plain"]))
     # A hard cut at 20 s: testsrc2, then an unrelated moving fractal.
@@ -160,6 +160,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "-filter_complex", "[0][1]concat=n=2:v=1", *_x264(v["card"]))
     # 3 minutes, small so that decoding is cheap: raw at 160x90 it would be 78 MB.
     _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x90:rate=10:duration=180", *_x264(v["long"]))
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30:duration=10", *_x264(v["short"]))
     return v
 
 
@@ -281,3 +282,22 @@ def test_failure_raises_with_ffmpeg_message_and_leaves_nothing(tmp_path: Path) -
         cut_video(bad, "test-bad", out, CFG, _feats, aspect=16 / 9)
     assert "Invalid data" in e.value.stderr_tail
     assert list(out.iterdir()) == []
+
+
+def test_short_video_gives_no_clip_and_no_file(videos: dict[str, Path], tmp_path: Path) -> None:
+    rep = cut_video(videos["short"], "test-short", tmp_path, CFG, _feats)
+    assert rep.clips == [] and rep.n_frames == 100
+    assert rep.dropped == [(0.0, "remainder")]
+    assert list(tmp_path.iterdir()) == []  # no encoder was started, no temporary left
+
+
+def test_reencoded_copy_is_a_near_duplicate(videos: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "copy.mp4"  # another upload of the same video: other size, worse quality
+    _ffmpeg("-i", str(videos["plain"]), "-vf", "scale=256:144", "-c:v", "libx264",
+            "-crf", "38", "-preset", "ultrafast", str(copy))
+    a = cut_video(videos["plain"], "test-a", tmp_path / "a", CFG, _feats)
+    b = cut_video(copy, "test-b", tmp_path / "b", CFG, _feats)
+    assert [c.start_s for c in a.clips] == [c.start_s for c in b.clips]
+    for ca, cb in zip(a.clips, b.clips, strict=True):
+        assert ca.content_sha256 != cb.content_sha256  # not byte-equal frames...
+        assert is_near_duplicate(ca.signature, cb.signature, CFG.dedup_max_bits)  # ...but alike
