@@ -68,8 +68,7 @@ def _gameplay(vr: np.random.Generator, cr: np.random.Generator) -> np.ndarray:
     # mostly forward scrolling, with a short stop now and then (the player halts)
     steps = np.where(cr.random(T) < 0.15, 0.0, speed)
     offs = (start + np.cumsum(steps) - steps[0]).astype(int)
-    cols = offs[:, None] + np.arange(W)[None, :]  # (T, W)
-    frames = np.ascontiguousarray(level[:, cols].transpose(1, 0, 2, 3))  # (T, H, W, 3)
+    frames = np.stack([level[:, o : o + W] for o in offs])  # (T, H, W, 3)
     xs = 50 + 20 * np.sin(np.arange(T) / 9.0 + cr.random() * 6)
     ys = 55 - np.abs(25 * np.sin(np.arange(T) / 5.0))  # jumping
     _draw_sprite(frames, ys, xs, _palette(vr, 1)[0])
@@ -82,29 +81,28 @@ def _smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     img = np.zeros((h, w, 3), np.float32) + rng.uniform(60, 190, size=3).astype(np.float32)
     for _ in range(5):
-        fy, fx = rng.uniform(-0.08, 0.08, size=2)
-        ph = rng.uniform(0, 6.3)
+        fy, fx = rng.uniform(-0.08, 0.08, size=2).astype(np.float32)
+        ph = np.float32(rng.uniform(0, 6.3))
         amp = rng.uniform(10, 35, size=3).astype(np.float32)
         img += np.sin(fy * yy + fx * xx + ph)[..., None] * amp
     return img
 
 
 def _sensor_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    return rng.integers(-3, 4, size=shape, dtype=np.int8).astype(np.int16)
+    return rng.integers(-3, 4, size=shape, dtype=np.int8)
 
 
 def _camera(vr: np.random.Generator, cr: np.random.Generator) -> np.ndarray:
     """Handheld-like footage: a smooth scene panned with shake, plus sensor noise."""
     pad = 120
-    scene = _smooth_image(vr, H + pad, W + pad)
+    scene = np.clip(_smooth_image(vr, H + pad, W + pad), 3, 252).astype(np.uint8)
     pan = cr.uniform(0.3, 1.2, size=2) * cr.choice([-1, 1], size=2)  # px per frame
     shake = cr.normal(0, 1.0, size=(T, 2)).cumsum(axis=0) * 0.3
     oy = np.clip(pad // 2 + pan[0] * np.arange(T) + shake[:, 0], 0, pad - 1).astype(int)
     ox = np.clip(pad // 2 + pan[1] * np.arange(T) + shake[:, 1], 0, pad - 1).astype(int)
-    rows = oy[:, None] + np.arange(H)[None, :]
-    cols = ox[:, None] + np.arange(W)[None, :]
-    frames = scene[rows[:, :, None], cols[:, None, :]]  # (T, H, W, 3)
-    return np.clip(frames + _sensor_noise(cr, frames.shape), 0, 255).astype(np.uint8)
+    frames = np.stack([scene[y : y + H, x : x + W] for y, x in zip(oy, ox, strict=True)])
+    # clipped to 3..252 above, so +-3 noise cannot wrap around in uint8
+    return (frames + _sensor_noise(cr, frames.shape)).astype(np.uint8)
 
 
 def _static(vr: np.random.Generator, cr: np.random.Generator) -> np.ndarray:
@@ -185,13 +183,13 @@ def _facecam(vr: np.random.Generator, cr: np.random.Generator) -> np.ndarray:
     room = _smooth_image(vr, fh, fw)
     yy, xx = np.mgrid[0:fh, 0:fw].astype(np.float32)
     skin = np.array([210, 160, 130], np.float32)
-    cy = fh / 2 + 4 * np.sin(np.arange(T) / 7.0)  # head bobs
-    cx = fw / 2 + 6 * np.sin(np.arange(T) / 11.0 + 1)
+    cy = (fh / 2 + 4 * np.sin(np.arange(T) / 7.0)).astype(np.float32)  # head bobs
+    cx = (fw / 2 + 6 * np.sin(np.arange(T) / 11.0 + 1)).astype(np.float32)
     r2 = ((yy[None] - cy[:, None, None]) / 22) ** 2 + ((xx[None] - cx[:, None, None]) / 16) ** 2
     face = np.clip(3.6 - 3 * r2, 0, 1)[..., None]  # 1 inside the head, soft edge
     tone = (0.7 + 0.3 * np.clip(1 - r2, 0, 1))[..., None]  # smooth shading towards the rim
     cam = room[None] * (1 - face) + skin * face * tone
-    cam = np.clip(cam + _sensor_noise(cr, cam.shape), 0, 255).astype(np.uint8)
+    cam = np.clip(cam + _sensor_noise(cr, cam.shape), 0, 255).astype(np.uint8)  # noise: int8
     frames[:, y0 : y0 + fh, x0 : x0 + fw] = cam
     return frames
 
