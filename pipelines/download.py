@@ -263,6 +263,7 @@ class DownloadResult:
     format_id: str | None
     width: int | None
     height: int | None
+    transient: bool = False  # a failure worth retrying later (timeout, network, 5xx)
 
 
 _limiter_lock = threading.Lock()
@@ -303,8 +304,12 @@ def _archive_has(archive: Path, c: Candidate) -> bool:
     return False
 
 
-def _fail(c: Candidate, cls: str, message: str, attempts: int) -> DownloadResult:
-    return DownloadResult(c.video_id, False, None, cls, message, attempts, 0, None, None, None)
+def _fail(
+    c: Candidate, cls: str, message: str, attempts: int, transient: bool = False
+) -> DownloadResult:
+    return DownloadResult(
+        c.video_id, False, None, cls, message, attempts, 0, None, None, None, transient
+    )
 
 
 def _attempt(
@@ -332,6 +337,10 @@ def _attempt(
     try:
         with YoutubeDL(opts) as ydl:
             ie = ydl.extract_info(c.url, download=False, process=False)
+            if ie.get("_type") in ("playlist", "multi_video"):
+                # Downloading it would fetch every entry under one ID: resolve lists them.
+                msg = f"URL is a playlist, not a video (resolve it first): {c.url}"
+                return _fail(c, "unsupported", msg, attempt), False
             if str(ie.get("extractor_key", "")).lower() == "generic":
                 # The generic extractor names a direct link after its basename, which collides
                 # in the archive across hosts and folders: archive it under our URL-hash ID.
@@ -340,7 +349,7 @@ def _attempt(
     except Exception as e:  # yt-dlp raises DownloadError and friends; all become data
         cleanup()
         cls, transient = classify(e)
-        return _fail(c, cls, error_text(e), attempt), transient
+        return _fail(c, cls, error_text(e), attempt, transient), transient
 
     done = [p for p in dest_dir.glob(f"{stem}.*") if not p.name.endswith((".part", ".ytdl"))]
     if not done:
@@ -350,7 +359,7 @@ def _attempt(
         for line in reversed(lines):
             cls, transient = classify(line)
             if cls != "unknown":
-                return _fail(c, cls, line, attempt), transient
+                return _fail(c, cls, line, attempt, transient), transient
         return _fail(
             c, "unknown", "yt-dlp wrote no file: " + " | ".join(lines[-5:]), attempt
         ), False

@@ -9,6 +9,7 @@ Every video or URL not kept becomes a :class:`Rejection` with the real reason.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -147,6 +148,16 @@ def _add_video(w: _Walk, info: dict[str, Any], url: str, rules: KeywordRules | N
     )
 
 
+_LISTING_IE = re.compile(r"(tab|playlist|channel|user|search|feed)$", re.IGNORECASE)
+
+
+def _is_listing(item: dict[str, Any]) -> bool:
+    return bool(_LISTING_IE.search(str(item.get("ie_key") or ""))) or item.get("_type") in (
+        "playlist",
+        "multi_video",
+    )
+
+
 def _walk(ydl: YoutubeDL, w: _Walk, entries: Iterable[Any], depth: int) -> None:
     for item in entries:
         if w.full():
@@ -158,7 +169,8 @@ def _walk(ydl: YoutubeDL, w: _Walk, entries: Iterable[Any], depth: int) -> None:
         flat_id = video_id(item.get("ie_key"), item.get("id"), unsmuggle_url(url)[0])
         if flat_id in w.seen:
             continue
-        drop = _judge(w, item, url, w.rules, flat=True)
+        # A listing's entry may itself be a listing (a channel's tabs): judge only videos.
+        drop = None if _is_listing(item) else _judge(w, item, url, w.rules, flat=True)
         if drop is not None:
             w.seen.add(flat_id)
             w.n += 1

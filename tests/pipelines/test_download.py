@@ -119,7 +119,7 @@ def test_404_is_not_found_and_not_retried(tmp_path: Path, srv: Server) -> None:
     assert row.message == rej.message
 
     r = download(direct(url), tmp_path / "dl", FAST, tmp_path / "archive.txt", ledger=led)
-    assert (r.ok, r.error_class, r.attempts) == (False, "not_found", 1)
+    assert (r.ok, r.error_class, r.attempts, r.transient) == (False, "not_found", 1, False)
     assert "HTTP Error 404" in r.message
     assert srv.count("a.mp4", route="404") == 2
 
@@ -138,7 +138,7 @@ def test_5xx_is_retried_until_it_succeeds(tmp_path: Path, srv: Server) -> None:
         r2 = download(
             direct(s2.url("c.mp4", "flaky")), tmp_path / "dl", no_retry, tmp_path / "archive.txt"
         )
-    assert (r2.ok, r2.error_class, r2.attempts) == (False, "http_error", 1)
+    assert (r2.ok, r2.error_class, r2.attempts, r2.transient) == (False, "http_error", 1, True)
     assert "HTTP Error 500" in r2.message
 
 
@@ -147,7 +147,7 @@ def test_dropped_connection_is_network_and_message_kept(tmp_path: Path, srv: Ser
     cfg = DownloadConfig(retries=1, retry_base_delay_s=0.01)
     c = direct(srv.url("d.mp4", route="drop"))
     r = download(c, tmp_path / "dl", cfg, tmp_path / "archive.txt", ledger=led)
-    assert (r.ok, r.error_class, r.attempts) == (False, "network", 2)
+    assert (r.ok, r.error_class, r.attempts, r.transient) == (False, "network", 2, True)
     assert "bytes read" in r.message and "more expected" in r.message
     assert list((tmp_path / "dl").iterdir()) == []  # the partial file is gone
     row = led.get(c.video_id)
@@ -258,6 +258,9 @@ def test_playlist_rules_and_duration_bounds_before_download(
     everything, none_dropped = resolve_entry(entry(srv.url("feed.xml"), rules=no_rules()), 0, FAST)
     assert len(everything) == 6 and none_dropped == []
     assert len({c.video_id for c in everything}) == 6
+    # download refuses a listing: it would fetch every entry under one ID.
+    feed = download(direct(srv.url("feed.xml")), tmp_path / "dl", FAST, tmp_path / "ar.txt")
+    assert (feed.ok, feed.error_class) == (False, "unsupported") and "playlist" in feed.message
 
 
 @pytest.mark.parametrize("limit", [1, 3])
