@@ -211,13 +211,17 @@ def _opt_number(value: Any, name: str, where: str, integer: bool) -> Any:
     return int(value) if integer else float(value)
 
 
+_SEARCH = re.compile(r"^[a-z0-9]+search(date)?(\d+|all)?:", re.IGNORECASE)  # ytsearch5:, scsearch:
+
+
 def _check_url(url: Any, where: str) -> str:
     if not isinstance(url, str) or not url.strip():
         raise ValueError(f"{where}: url must be a non-empty string, got {url!r}")
     url = url.strip()
-    if any(c.isspace() for c in url) and not url.lower().startswith(("ytsearch", "ytsearchall")):
+    is_search = bool(_SEARCH.match(url))
+    if any(c.isspace() for c in url) and not is_search:
         raise ValueError(f"{where}: url contains spaces: {url!r}")
-    if "://" not in url and not re.match(r"^[a-z0-9]+search(\d+|all)?:", url, re.IGNORECASE):
+    if "://" not in url and not is_search:
         raise ValueError(f"{where}: not a URL or a search (e.g. ytsearch10:query): {url!r}")
     return url
 

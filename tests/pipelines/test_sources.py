@@ -80,13 +80,14 @@ def test_text_file_with_comments(tmp_path: Path) -> None:
     p = tmp_path / "urls.txt"
     p.write_text(
         "# my picks\n\nhttps://example.org/a.mp4\n  https://example.org/b#t=3  # inline note\n"
-        "ytsearch5:celeste speedrun\n"
+        "ytsearch5:celeste speedrun\nytsearchdate3:mega man x longplay\n"
     )
     entries = load_sources(p)
     assert [e.url for e in entries] == [
         "https://example.org/a.mp4",
         "https://example.org/b#t=3",
         "ytsearch5:celeste speedrun",
+        "ytsearchdate3:mega man x longplay",
     ]
     assert all(e.rules is None and e.max_videos is None for e in entries)
 
