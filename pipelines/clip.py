@@ -26,7 +26,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from pipelines.atomic import TMP_PREFIX
-from pipelines.ffmpeg_io import Stream, ffprobe_json
+from pipelines.ffmpeg_io import Stream, decoder_cmd, display_aspect, encoder_cmd
 from pipelines.ids import check_safe, clip_id
 
 logger = logging.getLogger(__name__)
@@ -272,33 +272,6 @@ def fit_box(aspect: float, width: int, height: int) -> tuple[int, int, int, int]
     return w, h, (width - w) // 2, (height - h) // 2
 
 
-def display_aspect(path: Path, timeout_s: float) -> float:
-    """Display aspect ratio of the first video stream (sample aspect ratio and rotation applied)."""
-    info = ffprobe_json(
-        path,
-        ["-select_streams", "v:0", "-show_entries", "stream=width,height,sample_aspect_ratio:"
-         "stream_side_data=rotation"],
-        timeout_s,
-    )
-    streams = info.get("streams") or []
-    if not streams:
-        raise ClipError(f"{path}: no video stream")
-    return stream_aspect(streams[0])
-
-
-def stream_aspect(stream: dict[str, object]) -> float:
-    """Display aspect of an ffprobe stream dict: width/height times SAR, swapped if rotated 90."""
-    w, h = float(str(stream["width"])), float(str(stream["height"]))
-    sar = str(stream.get("sample_aspect_ratio") or "1:1")
-    num, _, den = sar.partition(":")
-    if num.isdigit() and den.isdigit() and int(num) > 0 and int(den) > 0:
-        w *= int(num) / int(den)
-    for sd in stream.get("side_data_list") or []:  # type: ignore[attr-defined]
-        if isinstance(sd, dict) and abs(int(float(sd.get("rotation", 0)))) % 180 == 90:
-            w, h = h, w
-    return w / h
-
-
 def _grey(frame_HWC: np.ndarray) -> np.ndarray:
     """(H, W) float32 luma (BT.601 weights) of an RGB uint8 frame."""
     return frame_HWC.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -330,32 +303,6 @@ def frame_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     dx = np.abs(np.arange(-mx, mx + 1))[None, :]
     means = sums / ((h - dy) * (w - dx))
     return float(means[my, mx]), float(means.min())
-
-
-def _decoder_cmd(path: Path, cfg: ClipConfig, box: tuple[int, int, int, int]) -> list[str]:
-    w, h, x, y = box
-    # fps first so the scaler only sees kept frames; area scaling avoids aliasing on big downscales.
-    vf = (f"fps={cfg.fps},scale={w}:{h}:flags=area,setsar=1,"
-          f"pad={cfg.width}:{cfg.height}:{x}:{y}:black,format=rgb24")
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-threads", str(cfg.threads),
-            "-i", str(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", vf,
-            "-filter_threads", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-
-
-def _encoder_cmd(cfg: ClipConfig, pattern: Path) -> list[str]:
-    n = cfg.n_frames
-    # Keyframes exactly every n frames (forced, and x264's own placement switched off) so the
-    # segment muxer splits at each window; bitexact flags and one thread make output reproducible.
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{cfg.width}x{cfg.height}",
-            "-framerate", str(cfg.fps), "-i", "pipe:0", "-an",
-            "-c:v", "libx264", "-preset", cfg.preset, "-crf", str(cfg.crf), "-pix_fmt", "yuv420p",
-            "-threads", str(cfg.threads),
-            "-x264-params", f"keyint={n}:min-keyint={n}:scenecut=0:threads={cfg.threads}",
-            "-force_key_frames", f"expr:gte(n,n_forced*{n})", "-forced-idr", "1",
-            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
-            "-f", "segment", "-segment_time", f"{cfg.clip_seconds:g}", "-reset_timestamps", "1",
-            "-segment_format", "mp4", str(pattern)]
 
 
 def _sha256_file(path: Path) -> str:
@@ -439,8 +386,10 @@ class _Cutter:
             content_sha256=hashlib.sha256(frames.data).hexdigest(),
         ))
         if self.encoder is None:
-            self.encoder = Stream(_encoder_cmd(self.cfg, self.pattern), self.cfg.timeout_s,
-                                  stdin=True, stdout=False)
+            c = self.cfg
+            cmd = encoder_cmd(self.pattern, (c.width, c.height), c.fps, c.n_frames, crf=c.crf,
+                              preset=c.preset, threads=c.threads)
+            self.encoder = Stream(cmd, c.timeout_s, stdin=True, stdout=False)
         try:
             self.encoder.stdin.write(frames.data)
         except BrokenPipeError:  # the encoder died: its exit code and stderr say why
@@ -507,6 +456,7 @@ def cut_video(
     Raises:
         FFmpegError: the decoder or the encoder failed or timed out (stderr tail included).
         ClipError: the decoded stream or the encoder's segments were not as expected.
+        ValueError: no video stream (when ``aspect`` is probed here).
     """
     check_safe(vid)
     fn = features_fn if features_fn is not None else _default_features()
@@ -518,7 +468,8 @@ def cut_video(
     cutter.cleanup()  # segments left by a killed run would be taken for ours
     frame_bytes = cfg.width * cfg.height * 3
     try:
-        with Stream(_decoder_cmd(path, cfg, box), cfg.timeout_s, stdin=False, stdout=True) as dec:
+        cmd = decoder_cmd(path, cfg.fps, box, (cfg.width, cfg.height), cfg.threads)
+        with Stream(cmd, cfg.timeout_s, stdin=False, stdout=True) as dec:
             while raw := dec.stdout.read(frame_bytes):  # a BufferedReader: full frames until EOF
                 if len(raw) != frame_bytes:
                     dec.finish()  # a decoder error explains a short frame better than we can

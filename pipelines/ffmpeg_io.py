@@ -1,5 +1,8 @@
 """Run ffmpeg and ffprobe with wall-clock timeouts, keeping the tail of stderr for error records.
 
+Also the ffmpeg command lines of the clip stage (one decoder, one segmenting encoder per video)
+and the display-aspect reading shared by probe and clip.
+
 Two shapes: :func:`run` for short one-shot commands (ffprobe, a probe decode) and
 :class:`Stream` for long-lived processes that the caller feeds or drains through pipes (the clip
 stage's decoder and encoder). Both kill the process at the deadline: ffmpeg can hang on a broken
@@ -163,3 +166,68 @@ class Stream:
         tb: TracebackType | None,
     ) -> None:
         self.kill()
+
+
+def stream_aspect(stream: dict[str, Any]) -> float:
+    """Display aspect of an ffprobe stream dict: width/height times SAR, swapped if rotated 90.
+
+    ffmpeg auto-rotates on decode, so a phone video stored 1920x1080 with a 90 degree display
+    matrix reaches the filters as 1080x1920: the fitted box must be computed the same way.
+    """
+    w, h = float(stream["width"]), float(stream["height"])
+    num, _, den = str(stream.get("sample_aspect_ratio") or "1:1").partition(":")
+    if num.isdigit() and den.isdigit() and int(num) > 0 and int(den) > 0:
+        w *= int(num) / int(den)
+    for sd in stream.get("side_data_list") or []:
+        if isinstance(sd, dict) and abs(int(float(sd.get("rotation", 0)))) % 180 == 90:
+            w, h = h, w
+    return w / h
+
+
+def display_aspect(path: Path, timeout_s: float) -> float:
+    """Display aspect ratio of the first video stream; ValueError if there is none."""
+    info = ffprobe_json(
+        path,
+        ["-select_streams", "v:0", "-show_entries",
+         "stream=width,height,sample_aspect_ratio:stream_side_data=rotation"],
+        timeout_s,
+    )
+    streams = info.get("streams") or []
+    if not streams:
+        raise ValueError(f"{path}: no video stream")
+    return stream_aspect(streams[0])
+
+
+def decoder_cmd(
+    path: Path, fps: int, box: tuple[int, int, int, int], size: tuple[int, int], threads: int
+) -> list[str]:
+    """ffmpeg decoding ``path`` to raw rgb24 frames of ``size`` on stdout, at ``fps``, the picture
+    scaled to ``box`` = (w, h, x, y) and padded with black around it (never stretched)."""
+    w, h, x, y = box
+    # fps first so the scaler only sees kept frames; area scaling avoids aliasing on big downscales.
+    vf = (f"fps={fps},scale={w}:{h}:flags=area,setsar=1,"
+          f"pad={size[0]}:{size[1]}:{x}:{y}:black,format=rgb24")
+    return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-threads", str(threads),
+            "-i", str(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", vf,
+            "-filter_threads", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+
+
+def encoder_cmd(
+    pattern: Path, size: tuple[int, int], fps: int, n_frames: int, *, crf: int, preset: str,
+    threads: int,
+) -> list[str]:
+    """ffmpeg reading raw rgb24 frames of ``size`` on stdin and writing one H.264 mp4 per
+    ``n_frames`` frames to ``pattern`` (a printf pattern such as ``seg%05d.mp4``)."""
+    n = n_frames
+    # Keyframes exactly every n frames (forced, and x264's own placement switched off) so the
+    # segment muxer splits at each window; bitexact flags and one thread make output reproducible.
+    return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}",
+            "-framerate", str(fps), "-i", "pipe:0", "-an",
+            "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
+            "-threads", str(threads),
+            "-x264-params", f"keyint={n}:min-keyint={n}:scenecut=0:threads={threads}",
+            "-force_key_frames", f"expr:gte(n,n_forced*{n})", "-forced-idr", "1",
+            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
+            "-f", "segment", "-segment_time", f"{n / fps:g}", "-reset_timestamps", "1",
+            "-segment_format", "mp4", str(pattern)]

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.clip import ClipConfig, stream_aspect
-from pipelines.ffmpeg_io import FFmpegError, ffprobe_json, run, tail
+from pipelines.clip import ClipConfig
+from pipelines.ffmpeg_io import FFmpegError, ffprobe_json, run, stream_aspect, tail
 
 logger = logging.getLogger(__name__)
 
