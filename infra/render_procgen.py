@@ -1,0 +1,249 @@
+"""Render Procgen platformer gameplay to 16:9 mp4 files, as a stand-in for internet gameplay videos.
+
+Runs ONLY inside an isolated venv with ``procgen2`` installed (it pins numpy<2 and gym, which the
+main environment must never import); :mod:`pipelines.sample` creates that venv and runs this file
+with its interpreter. Standalone on purpose: it imports nothing from the project.
+
+Usage::
+
+    python infra/render_procgen.py --out DIR --fps 15 --size 320x180 \\
+        --job coinrun:3:45 --job ninja:7:40:ninja-long
+
+A job is ``game:seed:seconds[:name]``; the file is ``DIR/{name}.mp4`` (default
+``gameplay-{game}-{seed:04d}``). One JSON line per finished job goes to stdout. Output depends only
+on (game, seed, seconds, fps, size): the level, the game's own randomness and the policy are all
+seeded.
+
+The player: sticky random actions biased to run right and jump, chosen by a look-ahead planner that
+runs a second, non-rendering copy of the game (about 100x faster than rendering) and rejects action
+chunks that die within the look-ahead. Episodes are therefore long, as in a human's gameplay video;
+a death the planner cannot avoid still happens and is a hard cut, which real videos have too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from procgen import ProcgenGym3Env
+
+logger = logging.getLogger(__name__)
+
+# Procgen renders 512x512; its camera is centred on the agent, so a centred 512x288 band is the
+# 16:9 view a YouTube gameplay video would have.
+RENDER_SIZE = 512
+BAND_H = RENDER_SIZE * 9 // 16
+
+# Procgen's 15 combined actions (env.get_combos()): index -> keys.
+LEFT_DOWN, LEFT, LEFT_UP, DOWN, NOOP, UP, RIGHT_DOWN, RIGHT, RIGHT_UP = range(9)
+# Prior over the sticky action; right and right+jump dominate so the player makes progress, the rest
+# keeps the motion varied (a little backtracking, standing, jumping in place).
+ACTIONS = np.array([RIGHT, RIGHT_UP, UP, LEFT, LEFT_UP, NOOP, DOWN, RIGHT_DOWN])
+ACTION_P = np.array([0.34, 0.30, 0.10, 0.08, 0.07, 0.05, 0.03, 0.03])
+
+# Planner: commit CHUNK steps at a time when CHUNK + LOOKAHEAD steps from here survive.
+CHUNK = 8
+LOOKAHEAD = 24
+CANDIDATES = 6
+# Undo budget per video: bounds planning time when a level has no way through.
+MAX_BACKTRACKS = 200
+
+PLATFORMERS = ("coinrun", "ninja", "climber", "jumper", "caveflyer")
+
+
+@dataclass(frozen=True)
+class Job:
+    game: str  # a Procgen game name
+    seed: int  # level seed, game RNG seed and policy seed
+    seconds: float  # video length
+    name: str  # output file stem
+
+    @staticmethod
+    def parse(spec: str) -> Job:
+        parts = spec.split(":")
+        if len(parts) not in (3, 4):
+            raise ValueError(f"job {spec!r}: expected game:seed:seconds[:name]")
+        game, seed, seconds = parts[0], int(parts[1]), float(parts[2])
+        if game not in PLATFORMERS:
+            raise ValueError(f"job {spec!r}: game must be one of {PLATFORMERS}")
+        if seconds <= 0:
+            raise ValueError(f"job {spec!r}: seconds must be > 0")
+        name = parts[3] if len(parts) == 4 else f"gameplay-{game}-{seed:04d}"
+        return Job(game, seed, seconds, name)
+
+
+def make_env(game: str, seed: int, render: bool) -> ProcgenGym3Env:
+    # use_sequential_levels: finishing a level moves on to a new one inside the same episode (a cut
+    # in the video, as between levels in a real play-through) instead of restarting the same level.
+    kwargs = {"render_mode": "rgb_array"} if render else {}
+    return ProcgenGym3Env(
+        num=1,
+        env_name=game,
+        start_level=seed,
+        num_levels=1,
+        distribution_mode="hard",
+        rand_seed=seed,
+        use_sequential_levels=True,
+        **kwargs,
+    )
+
+
+def sticky_actions(rng: np.random.Generator, n: int, first: int) -> list[int]:
+    """``n`` actions where each choice is held for a geometric number of steps (mean ~6)."""
+    out: list[int] = []
+    a = first
+    while len(out) < n:
+        hold = int(rng.geometric(1 / 6))
+        out.extend([a] * hold)
+        a = int(rng.choice(ACTIONS, p=ACTION_P))
+    return out[:n]
+
+
+def rollout(env: ProcgenGym3Env, actions: list[int]) -> tuple[int, float, float]:
+    """Play ``actions``; returns (steps before a death or len(actions), reward, motion).
+
+    ``motion`` is the mean absolute change of the 64x64 observation from the first to the last
+    step: the camera follows the agent, so a player stuck against a wall scores near 0.
+    """
+    reward = 0.0
+    first_obs: np.ndarray | None = None
+    obs_rgb: np.ndarray | None = None
+    for i, a in enumerate(actions):
+        env.act(np.array([a]))
+        rew, obs, first = env.observe()
+        reward += float(rew[0])
+        obs_rgb = obs["rgb"][0].astype(np.int16)  # (64, 64, 3)
+        if first_obs is None:
+            first_obs = obs_rgb
+        # ``first`` marks a new episode: a death or the time limit (a finished level does not end
+        # the episode with sequential levels).
+        if first[0]:
+            return i, reward, 0.0
+    motion = float(np.abs(obs_rgb - first_obs).mean()) if obs_rgb is not None else 0.0
+    return len(actions), reward, motion
+
+
+def plan(game: str, seed: int, n_steps: int) -> list[int]:
+    """Choose ``n_steps`` actions with a non-rendering copy of the game and a look-ahead search.
+
+    Each chunk tries CANDIDATES sticky action sequences from the same saved state and commits the
+    first CHUNK steps of the best: surviving the look-ahead first, then finishing a level, then
+    moving the camera most (progress through the level rather than standing still).
+    """
+    env = make_env(game, seed, render=False)
+    rng = np.random.default_rng([seed, zlib.crc32(game.encode())])
+    states = [env.get_state()]  # states[i]: the state before chunks[i]
+    chunks: list[list[int]] = []
+    backtracks = 0
+    while len(chunks) * CHUNK < n_steps:
+        start = states[-1]
+        last = chunks[-1][-1] if chunks else RIGHT
+        best: list[int] = []
+        best_key: tuple[int, float, float] = (-1, 0.0, 0.0)
+        for _ in range(CANDIDATES):
+            cand = sticky_actions(rng, CHUNK + LOOKAHEAD, last)
+            env.set_state(start)
+            key = rollout(env, cand)
+            if key > best_key:
+                best, best_key = cand, key
+        if best_key[0] < CHUNK + LOOKAHEAD and chunks and backtracks < MAX_BACKTRACKS:
+            # Every candidate dies: the mistake is probably earlier (already falling into a pit),
+            # so undo the previous chunk and search again from there.
+            chunks.pop()
+            states.pop()
+            backtracks += 1
+            continue
+        # Replay the committed chunk from the saved state so the planner's copy is exactly where
+        # the rendering copy will be.
+        env.set_state(start)
+        commit = best[:CHUNK]
+        rollout(env, commit)
+        chunks.append(commit)
+        states.append(env.get_state())
+    logger.info("%s seed %d: planned %d steps with %d backtracks", game, seed, n_steps, backtracks)
+    return [a for c in chunks for a in c][:n_steps]
+
+
+def encoder(path: Path, fps: int, width: int, height: int) -> subprocess.Popen[bytes]:
+    """An ffmpeg process reading 512x288 RGB frames on stdin and writing an H.264 mp4."""
+    cmd = [
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{RENDER_SIZE}x{BAND_H}", "-r", str(fps),
+        "-i", "-",
+        "-vf", f"scale={width}:{height}:flags=area",
+        "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
+        # +faststart: the moov atom first, as web video is served; -bitexact keeps the file
+        # identical across runs (no encoder version string).
+        "-movflags", "+faststart", "-fflags", "+bitexact", "-threads", "1",
+        "-f", "mp4", str(path),
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def render(job: Job, out_dir: Path, fps: int, width: int, height: int) -> dict[str, object]:
+    """Render one job to ``out_dir/{name}.mp4`` (written under a temporary name, then renamed)."""
+    t0 = time.monotonic()
+    n = round(job.seconds * fps)
+    actions = plan(job.game, job.seed, n)
+    t_plan = time.monotonic() - t0
+    env = make_env(job.game, job.seed, render=True)
+    final = out_dir / f"{job.name}.mp4"
+    tmp = out_dir / f".tmp-{job.name}.mp4"
+    proc = encoder(tmp, fps, width, height)
+    assert proc.stdin is not None
+    top = (RENDER_SIZE - BAND_H) // 2
+    resets = 0
+    try:
+        for a in actions:
+            env.act(np.array([a]))
+            _, _, first = env.observe()
+            resets += int(first[0])
+            frame = env.get_info()[0]["rgb"]  # (512, 512, 3) uint8
+            proc.stdin.write(np.ascontiguousarray(frame[top : top + BAND_H]).tobytes())
+        proc.stdin.close()
+        err = proc.stderr.read() if proc.stderr else b""
+        if proc.wait() != 0:
+            raise RuntimeError(f"ffmpeg failed for {final.name}: {err.decode(errors='replace')}")
+        os.replace(tmp, final)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        tmp.unlink(missing_ok=True)
+    return {
+        "name": job.name, "game": job.game, "seed": job.seed, "frames": n, "fps": fps,
+        "width": width, "height": height, "deaths": resets, "path": str(final),
+        "plan_s": round(t_plan, 2), "total_s": round(time.monotonic() - t0, 2),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="output directory")
+    ap.add_argument("--fps", type=int, default=15, help="frames per second (one game step each)")
+    ap.add_argument("--size", default="320x180", help="WIDTHxHEIGHT, 16:9")
+    ap.add_argument("--job", action="append", required=True, help="game:seed:seconds[:name]")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    jobs = [Job.parse(s) for s in args.job]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for job in jobs:
+        result = render(job, args.out, args.fps, width, height)
+        logger.info("rendered %s", result)
+        # The caller reads these lines: the CLI's results.
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
