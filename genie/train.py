@@ -62,6 +62,9 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
     compile: bool = False  # torch.compile the (DDP-wrapped) loss module
     find_unused_parameters: bool = False  # DDP option for models with branches unused in a step
+    # Under DDP, parameters whose name contains one of these are broadcast from rank 0 after each
+    # step: VQ dead-code restarts overwrite codebook rows in place, differently on each rank.
+    sync_params: tuple[str, ...] = ("codebook",)
     seed: int = 0  # per-rank seed is seed + rank
     log_every: int = 10  # steps between metric lines (and cross-rank reductions)
     ckpt_every: int = 1000  # steps between checkpoints (one is always written at the end of fit)
@@ -307,11 +310,20 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             out["grad_norm"] = norm  # a tensor until logged: no device sync per step
         self.optimizer.step()
+        self._sync_params()
         self.step += 1
         self._window["steps"] += 1
         out["loss"] = loss_sum / cfg.grad_accum
         out["lr"] = lr
         return out
+
+    @torch.no_grad()
+    def _sync_params(self) -> None:
+        if not self.dist.distributed or not self.cfg.sync_params:
+            return
+        for name, p in self.model.named_parameters():
+            if any(s in name for s in self.cfg.sync_params):
+                torch.distributed.broadcast(p.data, src=0)
 
     def fit(self, steps: int | None = None) -> dict[str, float]:
         """Train until `steps` optimizer steps in total (default cfg.steps), resuming first.

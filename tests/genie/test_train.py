@@ -25,15 +25,27 @@ W_TRUE = torch.linspace(-1, 1, 64).reshape(8, 8)
 
 
 class Toy(nn.Module):
-    """A 2-layer MLP regressor; dropout draws from the torch RNG (exercises RNG resume)."""
+    """A 2-layer MLP regressor; dropout draws from the torch RNG (exercises RNG resume).
 
-    def __init__(self, dropout: float = 0.0) -> None:
+    With restart=True it also has a `codebook` that forward() overwrites in place from the torch
+    RNG, as a VQ dead-code restart does: under DDP each rank draws different values.
+    """
+
+    def __init__(self, dropout: float = 0.0, restart: bool = False) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Dropout(dropout), nn.Linear(32, 8))
+        self.restart = restart
+        if restart:
+            self.codebook = nn.Parameter(torch.zeros(4, 8))
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         err = F.mse_loss(self.net(batch["x"]), batch["y"])
-        return err, {"mse": err.item(), "rmse": err.detach().sqrt()}  # floats or 0-d tensors
+        metrics = {"mse": err.item(), "rmse": err.detach().sqrt()}  # floats or 0-d tensors
+        if self.restart:
+            with torch.no_grad():
+                self.codebook[0] = torch.randn(8)
+            err = err + 0.0 * self.codebook.sum()
+        return err, metrics
 
 
 class ToySource:
@@ -219,11 +231,10 @@ def _ddp_worker(rank: int, world: int, port: int, run_dir: str, out: str) -> Non
     info = gdist.init_distributed()
     try:
         torch.manual_seed(0)
-        trainer = Trainer(Toy(), ToySource(8, rank, world), toy_cfg(steps=4, log_every=1),
-                          run_dir, dist_info=info)
+        trainer = Trainer(Toy(restart=True), ToySource(8, rank, world),
+                          toy_cfg(steps=4, log_every=1), run_dir, dist_info=info)
         trainer.fit()
-        if rank == 0:
-            torch.save(_params(trainer.model), out)
+        torch.save(_params(trainer.model), f"{out}.{rank}")
     finally:
         gdist.cleanup()
 
@@ -232,10 +243,16 @@ def _ddp_worker(rank: int, world: int, port: int, run_dir: str, out: str) -> Non
 def test_ddp_two_cpu_processes_match_one_process(tmp_path: Path) -> None:
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), str(tmp_path / "p.pt")),
              nprocs=2, join=True)
-    ddp = torch.load(tmp_path / "p.pt", weights_only=True)
+    ddp = torch.load(tmp_path / "p.pt.0", weights_only=True)
+    ddp1 = torch.load(tmp_path / "p.pt.1", weights_only=True)
     torch.manual_seed(0)
-    single = Trainer(Toy(), ToySource(8), toy_cfg(steps=4, log_every=1), tmp_path / "one")
+    single = Trainer(Toy(restart=True), ToySource(8), toy_cfg(steps=4, log_every=1),
+                     tmp_path / "one")
     single.fit()
+    # ranks agree, including the codebook each rank overwrote with its own random draws
+    for a, b in zip(ddp, ddp1, strict=True):
+        assert torch.equal(a, b)
+    # and equal one process on the same global batch (rank 0 draws what one process draws)
     for a, b in zip(ddp, _params(single.model), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert not torch.equal(ddp[0], Toy().net[0].weight)  # it trained
