@@ -21,7 +21,7 @@ from pipelines.clip import (
     is_near_duplicate,
     plan_windows,
 )
-from pipelines.ffmpeg_io import FFmpegError
+from pipelines.ffmpeg_io import FFmpegError, stream_aspect
 
 CFG = ClipConfig()
 N = CFG.n_frames
@@ -301,3 +301,20 @@ def test_reencoded_copy_is_a_near_duplicate(videos: dict[str, Path], tmp_path: P
     for ca, cb in zip(a.clips, b.clips, strict=True):
         assert ca.content_sha256 != cb.content_sha256  # not byte-equal frames...
         assert is_near_duplicate(ca.signature, cb.signature, CFG.dedup_max_bits)  # ...but alike
+
+
+def test_hung_ffmpeg_is_killed_at_the_timeout(videos: dict[str, Path], tmp_path: Path) -> None:
+    cfg = ClipConfig(timeout_s=0.05)  # far less than decoding 3 minutes takes
+    with pytest.raises(FFmpegError) as e:
+        cut_video(videos["long"], "test-slow", tmp_path, cfg, _feats, aspect=16 / 9)
+    assert e.value.timed_out and "timed out" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_display_aspect_applies_sar_and_rotation() -> None:
+    assert stream_aspect({"width": 720, "height": 480, "sample_aspect_ratio": "32:27"}) == (
+        pytest.approx(16 / 9))
+    rotated = {"width": 1920, "height": 1080, "side_data_list": [{"rotation": -90}]}
+    assert stream_aspect(rotated) == pytest.approx(9 / 16)
+    assert stream_aspect({"width": 640, "height": 360, "sample_aspect_ratio": "0:1"}) == (
+        pytest.approx(16 / 9))  # "unknown" SAR means square pixels
