@@ -83,14 +83,16 @@ class VectorQuantizer(nn.Module):
         """Quantize z (..., D) to the nearest code (squared L2, or cosine if normalize)."""
         if self.training and self.dead_code_steps > 0:
             self.restart_dead_codes()
-        z_ND = self._norm(z.reshape(-1, self.code_dim))
-        codes_KD = self.codes()
-        # squared distances without materialising (N, K, D)
-        dist_NK = (
-            z_ND.pow(2).sum(1, keepdim=True)
-            - 2 * z_ND @ codes_KD.t()
-            + codes_KD.pow(2).sum(1)[None]
-        )
+        z_ND = self._norm(z.reshape(-1, self.code_dim).float())
+        codes_KD = self.codes().float()
+        # squared distances without materialising (N, K, D); fp32 even under bf16 autocast, where
+        # near-ties would otherwise flip the argmin
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            dist_NK = (
+                z_ND.pow(2).sum(1, keepdim=True)
+                - 2 * z_ND @ codes_KD.t()
+                + codes_KD.pow(2).sum(1)[None]
+            )
         idx_N = dist_NK.argmin(dim=1)
         e_ND = codes_KD[idx_N]
         loss = F.mse_loss(e_ND, z_ND.detach()) + self.beta * F.mse_loss(z_ND, e_ND.detach())

@@ -388,3 +388,12 @@ def test_dynamics_loss_takes_token_loader_dicts_and_frame_aligned_actions(cfg: G
     assert torch.equal(l1, l2) and set(m) == {"loss", "accuracy", "mask_rate"}
     with pytest.raises(ValueError):
         dyn.loss(tokens, actions[:, :2])
+
+
+def test_vq_assignment_is_fp32_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(n_codes=256, code_dim=32).eval()
+    z = torch.randn(512, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q_amp = vq(z)
+    assert torch.equal(q_amp.indices, vq(z).indices)
