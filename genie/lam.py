@@ -35,17 +35,18 @@ class LatentActionModel(nn.Module):
         self.config = c = config
         gh, gw = c.grid
         n_pix = c.channels * c.patch * c.patch
-        common = dict(n_layers=0, d_model=c.d_model, n_heads=c.n_heads, max_frames=c.max_frames,
+        common = dict(d_model=c.d_model, n_heads=c.n_heads, max_frames=c.max_frames,
                       head_dim=c.head_dim, ffn_mult=c.ffn_mult, qk_norm=c.qk_norm, pos_emb=c.pos_emb)  # fmt: skip
         self.enc_patch_in = nn.Linear(n_pix, c.d_model)
+        # one learned action token per frame, prepended to its patches (Jafar)
         self.action_token = nn.Parameter(0.02 * torch.randn(c.d_model))
-        self.encoder = STTransformer(**{**common, "n_layers": c.enc_layers}, n_spatial=gh * gw + 1)
+        self.encoder = STTransformer(n_layers=c.enc_layers, n_spatial=gh * gw + 1, **common)
         self.to_action = nn.Linear(c.d_model, c.code_dim)
         self.vq = VectorQuantizer(n_codes=c.n_codes, code_dim=c.code_dim, beta=c.beta,
                                   normalize=c.normalize_codes, dead_code_steps=c.dead_code_steps)  # fmt: skip
         self.dec_patch_in = nn.Linear(n_pix, c.d_model)
-        self.action_in = nn.Linear(c.code_dim, c.d_model)
-        self.decoder = STTransformer(**{**common, "n_layers": c.dec_layers}, n_spatial=gh * gw)
+        self.action_in = nn.Linear(c.code_dim, c.d_model)  # action embedding, added to patches
+        self.decoder = STTransformer(n_layers=c.dec_layers, n_spatial=gh * gw, **common)
         self.patch_out = nn.Linear(c.d_model, n_pix)
         self.apply(init_weights)
 
