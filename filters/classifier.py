@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def feature_matrix(
-    feats: list[dict[str, float]], names: tuple[str, ...] = FEATURE_NAMES
+    feats: Sequence[Mapping[str, float]], names: tuple[str, ...] = FEATURE_NAMES
 ) -> np.ndarray:
     """(N, F) float64 in `names` order.
 
@@ -127,10 +128,10 @@ class ClipClassifier:
             np.asarray(baseline, dtype=np.float64) if baseline is not None else None
         )  # (F,) feature values that stand for "this feature says nothing" in explain()
 
-    def _matrix(self, feats: list[dict[str, float]]) -> np.ndarray:
+    def _matrix(self, feats: Sequence[Mapping[str, float]]) -> np.ndarray:
         return feature_matrix(feats, self.feature_names)
 
-    def score(self, feats: list[dict[str, float]]) -> np.ndarray:
+    def score(self, feats: Sequence[Mapping[str, float]]) -> np.ndarray:
         """P(good) per clip.
 
         Args:
@@ -144,7 +145,7 @@ class ClipClassifier:
         p: np.ndarray = self.model.predict_proba(self._matrix(feats))[:, 1].astype(np.float64)
         return p
 
-    def explain(self, feats: dict[str, float], k: int = 5) -> list[tuple[str, float]]:
+    def explain(self, feats: Mapping[str, float], k: int = 5) -> list[tuple[str, float]]:
         """The k features that weighed most on this clip's score, signed (+ pushes towards good).
 
         Method: baseline substitution (occlusion). For each feature j the clip's value is replaced
@@ -196,7 +197,13 @@ class ClipClassifier:
         card_path = model_path.with_suffix(".json")
         if not card_path.exists():
             raise ValueError(f"{model_path}: model card {card_path.name} is missing")
-        card = json.loads(card_path.read_text())
+        try:
+            card = json.loads(card_path.read_text())
+            float(card["threshold"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{card_path}: not a valid model card ({e!r})") from None
+        if not isinstance(card, dict):
+            raise ValueError(f"{card_path}: not a valid model card")
         _check_features(tuple(card.get("feature_names", ())), str(card.get("feature_version")))
         data = model_path.read_bytes()
         if hashlib.sha256(data).hexdigest() != card.get("model_sha256"):

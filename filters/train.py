@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def make_family(name: str, seed: int) -> Pipeline:
     return Pipeline(steps)
 
 
-def binarize_labels(labels: list[int | str]) -> np.ndarray:
+def binarize_labels(labels: Sequence[int | str]) -> np.ndarray:
     """Ratings 5 -> 1 (good), 1 -> 0 (bad), 2-4 -> -1 (dropped); "good"/"bad" -> 1/0.
 
     Raises:
@@ -164,10 +165,10 @@ def _canonical_list(items: list[str]) -> bytes:
 
 
 def train_classifier(
-    X: list[dict[str, float]],
-    labels: list[int | str],
-    groups: list[str],
-    kinds: list[str] | None = None,
+    X: Sequence[Mapping[str, float]],
+    labels: Sequence[int | str],
+    groups: Sequence[str],
+    kinds: Sequence[str] | None = None,
     target_precision: float = 0.9,
     seed: int = 0,
     families: tuple[str, ...] = FAMILIES,
@@ -193,7 +194,7 @@ def train_classifier(
         raise ValueError("X, labels, groups (and kinds) must have the same length")
     y_all = binarize_labels(labels)
     use = y_all >= 0
-    Xm = feature_matrix([X[i] for i in np.flatnonzero(use)])
+    Xm = feature_matrix([x for x, u in zip(X, use, strict=True) if u])
     y = y_all[use]
     g = np.asarray(groups, dtype=object)[use]
     k = np.asarray(kinds, dtype=object)[use] if kinds is not None else None

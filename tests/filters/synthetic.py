@@ -62,7 +62,10 @@ def _hud(frames: np.ndarray, rng: np.random.Generator) -> None:
 
 
 def _gameplay(vr: np.random.Generator, cr: np.random.Generator) -> np.ndarray:
-    speed = vr.uniform(2.0, 7.0)  # px per frame at 10 FPS
+    # a quarter of the videos are single-screen games (no scrolling, only sprites move): motion
+    # features alone must not be what marks gameplay
+    single_screen = vr.random() < 0.25
+    speed = 0.0 if single_screen else vr.uniform(2.0, 7.0)  # px per frame at 10 FPS
     level = _level(vr, W + int(speed * T) + 8)
     start = int(cr.integers(0, 8))
     # mostly forward scrolling, with a short stop now and then (the player halts)
@@ -72,6 +75,10 @@ def _gameplay(vr: np.random.Generator, cr: np.random.Generator) -> np.ndarray:
     xs = 50 + 20 * np.sin(np.arange(T) / 9.0 + cr.random() * 6)
     ys = 55 - np.abs(25 * np.sin(np.arange(T) / 5.0))  # jumping
     _draw_sprite(frames, ys, xs, _palette(vr, 1)[0])
+    if single_screen:  # enemies patrolling
+        for e in range(3):
+            ex = 10 + (np.arange(T) * (1 + e) + 40 * e) % 140
+            _draw_sprite(frames, np.full(T, 20 + 20 * e), ex, _palette(vr, 1)[0])
     _hud(frames, vr)
     return frames
 
@@ -115,12 +122,20 @@ def _menu(vr: np.random.Generator, cr: np.random.Generator) -> np.ndarray:
     pal = _palette(vr, 3)
     frame = np.empty((H, W, 3), np.uint8)
     frame[:] = pal[0]
+    animated = vr.random() < 0.5  # half the menus have a scrolling striped backdrop
     n_items = int(vr.integers(3, 6))
     item_y = [15 + 14 * i for i in range(n_items)]
     for y in item_y:
         glyphs = vr.integers(0, 2, size=(7, 70)).astype(bool)
         frame[y : y + 7, 45:115][glyphs] = pal[1]
     frames = np.ascontiguousarray(np.broadcast_to(frame, (T, H, W, 3)))
+    if animated:
+        stripe = ((np.arange(H)[:, None] + np.arange(W)[None, :]) // 12) % 2 == 1  # diagonal
+        back = (pal[0].astype(np.int16) * 3 // 4).astype(np.uint8)
+        text = np.broadcast_to(frame != pal[0], frame.shape).any(axis=2)
+        for t in range(T):
+            mask = np.roll(stripe, t, axis=1) & ~text  # stripes slide 1 px per frame behind text
+            frames[t][mask] = back
     sel = np.cumsum(cr.random(T) < 0.08) % n_items  # the user moves the cursor now and then
     for t in range(T):
         y = item_y[sel[t]]
