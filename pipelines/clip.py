@@ -340,7 +340,6 @@ class _Cutter:
         self.buf = np.empty((cfg.n_frames, cfg.height, cfg.width, 3), np.uint8)
         self.count = 0  # frames in buf, which are frames buf_start .. buf_start+count-1
         self.buf_start = 0
-        self.peak = 0  # most frames ever buffered: bounded memory is tested against it
         self.prev: np.ndarray | None = None
         self.cuts: list[int] = []
         self.dropped: list[DroppedSpan] = []
@@ -360,7 +359,6 @@ class _Cutter:
             self.cuts.append(i)
         self.buf[self.count] = frame_HWC
         self.count += 1
-        self.peak = max(self.peak, self.count)
         for decided in self.planner.push(cut, static):
             if isinstance(decided, DroppedSpan):
                 self._drop_prefix(decided)

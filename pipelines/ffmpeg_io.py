@@ -188,7 +188,7 @@ def display_aspect(path: Path, timeout_s: float) -> float:
     """Display aspect ratio of the first video stream; ValueError if there is none."""
     info = ffprobe_json(
         path,
-        ["-select_streams", "v:0", "-show_entries",
+        ["-select_streams", "V:0", "-show_entries",
          "stream=width,height,sample_aspect_ratio:stream_side_data=rotation"],
         timeout_s,
     )
@@ -208,7 +208,8 @@ def decoder_cmd(
     vf = (f"fps={fps},scale={w}:{h}:flags=area,setsar=1,"
           f"pad={size[0]}:{size[1]}:{x}:{y}:black,format=rgb24")
     return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-threads", str(threads),
-            "-i", str(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", vf,
+            # V, not v: the first real video stream, never an attached cover picture.
+            "-i", str(path), "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", vf,
             "-filter_threads", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
 
 

@@ -111,7 +111,7 @@ def _decode_times(
 ) -> tuple[list[float], str]:
     """End times (pts + duration, seconds) of the frames decoded at the head and the tail of the
     first video stream, and ffprobe's error output. Short or unknown-length files decode whole."""
-    args = ["ffprobe", "-v", "error", "-select_streams", "v:0",
+    args = ["ffprobe", "-v", "error", "-select_streams", "V:0",
             "-show_entries", "frame=best_effort_timestamp_time,pkt_duration_time",
             "-of", "csv=p=0"]
     if declared is not None and declared > HEAD_S + TAIL_S:
