@@ -42,6 +42,7 @@ def test_features_move_the_right_way(feats: dict[str, dict[str, float]]) -> None
     g, f = feats["gameplay"], feats
     # noise: flicker, full palette, nothing flat
     assert f["noise"]["temporal_hf"] > 5 * g["temporal_hf"]
+    assert abs(f["noise"]["diff_spatial_corr"]) < 0.1 < 0.3 < g["diff_spatial_corr"]
     assert f["noise"]["palette_log2"] > 10 > 6 > g["palette_log2"]
     assert f["noise"]["flat_frac"] < 0.05 < 0.5 < g["flat_frac"]
     # frozen screens
