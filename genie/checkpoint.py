@@ -135,3 +135,24 @@ def set_rng_state(s: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(int(k) for k in p["keys"].tolist()), p["gauss"]))
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
+
+
+def load_model_weights(
+    model: torch.nn.Module, path: str | Path, map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load a Trainer checkpoint's model weights into `model` (e.g. the tokenizer to tokenize).
+
+    Args:
+        path: a step_*.pt file, or a stage dir (runs/{run}/{stage}) to take its newest complete one.
+    Returns:
+        the checkpoint's sidecar (config, metrics, step, and the meta the Trainer was given).
+    """
+    pt = Path(path)
+    if pt.is_dir():
+        found = latest_checkpoint(pt)
+        if found is None:
+            raise FileNotFoundError(f"no complete checkpoint in {pt}")
+        pt = found
+    state, meta = load_checkpoint(pt, map_location)
+    model.load_state_dict(state["model"])
+    return {**meta, "path": str(pt)}
