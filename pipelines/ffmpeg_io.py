@@ -12,6 +12,7 @@ input or a stalled pipe, and one stuck video must never stall a batch.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import subprocess
@@ -69,6 +70,14 @@ def ffprobe_json(path: Path, args: list[str], timeout_s: float) -> dict[str, Any
     proc = run(cmd, timeout_s)
     out: dict[str, Any] = json.loads(proc.stdout.decode("utf-8", errors="replace") or "{}")
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_version(timeout_s: float = 30.0) -> str:
+    """First line of ``ffmpeg -version`` (e.g. ``ffmpeg version 5.1.9-0+deb12u1 ...``): clip bytes
+    depend on it, so the manifest records it next to the clip config."""
+    out = run(["ffmpeg", "-hide_banner", "-version"], timeout_s).stdout
+    return out.decode("utf-8", errors="replace").splitlines()[0].strip()
 
 
 class Stream:

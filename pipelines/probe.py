@@ -44,7 +44,15 @@ class ProbeResult:
 
 
 def probe(path: Path, cfg: ClipConfig) -> ProbeResult:
-    """Check one file; never raises for a bad file (the result carries the reason)."""
+    """Check that one downloaded file is a decodable video worth cutting.
+
+    Args:
+        path: the downloaded file.
+        cfg: the clip config: minimum size (width x height), one clip of duration, timeouts.
+    Returns:
+        ``ok`` with the stream's facts, or a ``reason`` (see REASONS) and ffprobe's message. A
+        bad file never raises; a timeout is reported as ``undecodable``.
+    """
     if not path.is_file():
         return _reject("not_video", f"no such file: {path}")
     try:

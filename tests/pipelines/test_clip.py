@@ -22,7 +22,7 @@ from pipelines.clip import (
     is_near_duplicate,
     plan_windows,
 )
-from pipelines.ffmpeg_io import FFmpegError, stream_aspect
+from pipelines.ffmpeg_io import FFmpegError, ffmpeg_version, stream_aspect
 
 CFG = ClipConfig()
 N = CFG.n_frames
@@ -328,3 +328,7 @@ def test_display_aspect_applies_sar_and_rotation() -> None:
     assert stream_aspect(rotated) == pytest.approx(9 / 16)
     assert stream_aspect({"width": 640, "height": 360, "sample_aspect_ratio": "0:1"}) == (
         pytest.approx(16 / 9))  # "unknown" SAR means square pixels
+
+
+def test_ffmpeg_version_is_recorded() -> None:
+    assert ffmpeg_version().startswith("ffmpeg version ")
