@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 Sample = dict[str, Any]  # one tar sample: {"__key__", "__url__", "mp4", "json", ...} as bytes
 MakeSample = Callable[[Sample, int], list[Any]]  # (sample, epoch) -> items (0, 1 or more)
+CountItems = Callable[[Sample], int]  # how many items make_sample will give, without decoding
 
 
 # ------------------------------------------------------------------------------------------------
@@ -227,6 +228,11 @@ def _n_frames(sample: Sample) -> int:
     return int(json.loads(sample["json"])["n_frames"])
 
 
+def count_windows(sample: Sample, *, span: int) -> int:
+    """1 if the clip (its json n_frames) holds a window of `span` frames, else 0."""
+    return int(_n_frames(sample) >= span)
+
+
 def make_train_video(sample: Sample, epoch: int, *, cfg: VideoDataConfig) -> list[torch.Tensor]:
     """One random window (T, C, H, W) float in [0, 1]; [] (logged) for a clip that cannot be used."""
     try:
@@ -281,12 +287,15 @@ class ShardStream(IterableDataset):
         num_workers: the DataLoader's worker count (needed to compute what each worker skips).
         infinite: loop over epochs forever (training) or stop after one (eval; last batch may
             be short).
+        count_items: cheap count of a sample's items (from its json) used when skipping on
+            resume; None decodes skipped samples to count them (always exact, slower). A clip
+            that fails to decode counts 1 but gives 0: resume past it is off by one (logged).
     """
 
     def __init__(
         self, shards: Sequence[str], make_sample: MakeSample, *, batch_size: int, seed: int,
         rank: int, world_size: int, shuffle_buffer: int, start_batch: int = 0,
-        num_workers: int = 0, infinite: bool = True,
+        num_workers: int = 0, infinite: bool = True, count_items: CountItems | None = None,
     ) -> None:
         super().__init__()
         if world_size > len(shards):
@@ -294,7 +303,7 @@ class ShardStream(IterableDataset):
         self.shards, self.make_sample = list(shards), make_sample
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.shuffle_buffer, self.start_batch = shuffle_buffer, start_batch
-        self.num_workers, self.infinite = num_workers, infinite
+        self.num_workers, self.infinite, self.count_items = num_workers, infinite, count_items
 
     def worker_shards(self, epoch: int, worker: int, num_workers: int) -> list[str]:
         return split_shards(self.shards, epoch=epoch, seed=self.seed, rank=self.rank,
@@ -307,17 +316,24 @@ class ShardStream(IterableDataset):
         # A new DataLoader asks worker 0 first, but the next batch (number start_batch) belongs to
         # worker start_batch % nw of the original stream: rotate roles so the order continues.
         w = (w + self.start_batch) % nw
-        skip = len(range(w, self.start_batch, nw)) * self.batch_size  # samples to pass over
+        skip = len(range(w, self.start_batch, nw)) * self.batch_size  # items to pass over
         batch: list[Any] = []
         epoch = 0
         while True:
             mine = self.worker_shards(epoch, w, nw)
             rng = np.random.default_rng([self.seed, epoch, self.rank, w])
             for sample in shuffle_buffer(iter_samples(mine), self.shuffle_buffer, rng):
-                if skip > 0:  # resume: count the sample as consumed without decoding it
-                    skip -= 1
-                    continue
-                for item in self.make_sample(sample, epoch):
+                if skip > 0:  # resume: pass over consumed items, without decoding if possible
+                    n = self.count_items(sample) if self.count_items else None
+                    if n is not None and n <= skip:
+                        skip -= n
+                        continue
+                    items = self.make_sample(sample, epoch)
+                    drop, skip = min(skip, len(items)), skip - min(skip, len(items))
+                    items = items[drop:]
+                else:
+                    items = self.make_sample(sample, epoch)
+                for item in items:
                     batch.append(item)
                     if len(batch) == self.batch_size:
                         yield collate(batch)
@@ -349,14 +365,18 @@ class ShardLoader:
         self, shards: Sequence[str], make_sample: MakeSample, *, batch_size: int, seed: int,
         num_workers: int, shuffle_buffer: int, rank: int | None = None,
         world_size: int | None = None, pin_memory: bool = False,
+        count_items: CountItems | None = None,
     ) -> None:
         self.rank, self.world_size = _dist_rank_world(rank, world_size)
+        if self.world_size > len(shards):
+            raise ValueError(f"{len(shards)} shards cannot feed {self.world_size} ranks disjointly")
         per_rank = len(shards) // self.world_size
         if num_workers > per_rank:
             log.info("num_workers %d -> %d (shards per rank)", num_workers, per_rank)
         self.shards, self.make_sample = list(shards), make_sample
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.num_workers, self.pin_memory = min(num_workers, per_rank), pin_memory
+        self.count_items = count_items
         self.batches = 0  # batches handed out so far
         self._it: Iterator[Any] | None = None
 
@@ -364,7 +384,7 @@ class ShardLoader:
         ds = ShardStream(self.shards, self.make_sample, batch_size=self.batch_size,
                          seed=self.seed, rank=self.rank, world_size=self.world_size,
                          shuffle_buffer=self.shuffle_buffer, start_batch=self.batches,
-                         num_workers=self.num_workers)
+                         num_workers=self.num_workers, count_items=self.count_items)
         # Own generator: creating worker iterators must not draw from the global torch RNG,
         # or a resumed run's RNG would diverge from a straight one.
         dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
@@ -406,7 +426,7 @@ def video_loader(
     return ShardLoader(shards, partial(make_train_video, cfg=cfg), batch_size=cfg.batch_size,
                        seed=cfg.seed, num_workers=cfg.num_workers,
                        shuffle_buffer=cfg.shuffle_buffer, rank=rank, world_size=world_size,
-                       pin_memory=pin_memory)
+                       pin_memory=pin_memory, count_items=partial(count_windows, span=cfg.span))
 
 
 def eval_video_batches(
@@ -626,7 +646,8 @@ def token_loader(
     fn = partial(make_train_tokens, frames=cfg.frames, stride=cfg.stride, seed=cfg.seed)
     return ShardLoader(shards, fn, batch_size=cfg.batch_size, seed=cfg.seed,
                        num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer,
-                       rank=rank, world_size=world_size, pin_memory=pin_memory)
+                       rank=rank, world_size=world_size, pin_memory=pin_memory,
+                       count_items=partial(count_windows, span=cfg.span))
 
 
 def eval_token_batches(

@@ -147,12 +147,23 @@ def test_one_epoch_over_ranks_and_workers_covers_each_clip_once(dataset: Path) -
     assert len(keys[0]) + len(keys[1]) == N_SHARDS * PER_SHARD
 
 
-def test_stream_resumes_at_batch_count(dataset: Path) -> None:
+def drop_vid2(sample: dict, epoch: int) -> list:
+    """As key_and_start, but one clip gives no item (like a clip shorter than the window)."""
+    return [] if sample["__key__"].startswith("vid2_") else key_and_start(sample, epoch, seed=1)
+
+
+def count_vid2(sample: dict) -> int:
+    return 0 if sample["__key__"].startswith("vid2_") else 1
+
+
+@pytest.mark.parametrize("make, count", [(partial(key_and_start, seed=1), None),
+                                         (drop_vid2, count_vid2)])
+def test_stream_resumes_at_batch_count(dataset: Path, make, count) -> None:
     shards, _ = D.resolve_shards(dataset)
 
     def loader() -> D.ShardLoader:
-        return D.ShardLoader(shards, partial(key_and_start, seed=1), batch_size=2, seed=1,
-                             num_workers=2, shuffle_buffer=3, rank=0, world_size=1)
+        return D.ShardLoader(shards, make, batch_size=2, seed=1, num_workers=2,
+                             shuffle_buffer=3, rank=0, world_size=1, count_items=count)
 
     straight = loader()
     ref = [next(straight) for _ in range(9)]  # 12 clips over 2 workers: crosses epochs
