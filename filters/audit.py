@@ -42,7 +42,10 @@ SCHEMA = pa.schema(
         ("threshold", pa.float64()),
         ("model_version", pa.string()),
         ("shard", pa.string()),
-        ("ts", pa.string()),  # ISO 8601 UTC; a string keeps files byte-stable across pyarrow versions
+        (
+            "ts",
+            pa.string(),
+        ),  # ISO 8601 UTC; a string keeps files byte-stable across pyarrow versions
         ("features", pa.map_(pa.string(), pa.float64())),
         ("extra", pa.string()),
     ]

@@ -1,0 +1,358 @@
+"""build-dataset as Prefect-free stages: resolve, per-video pass, finalize.
+
+- :func:`resolve_sources` reads the sources file and finds candidate videos (metadata only).
+- :func:`fetch_video` and :func:`cut_video_stage` are the per-video pass (download, then probe + clip
+  + features). Its last act is the per-video record ``work/videos/{video_id}.json``: a video with a
+  record is done and is never downloaded or cut again. A transient download failure writes no record,
+  so the next run tries again; a permanent one writes an error record.
+- :func:`finalize` makes the run-level decisions over all videos in dataset order (dedup, score,
+  keep/drop), writes shards, the manifest and the audit rows.
+
+Every stage is safe to kill at any point: files are written under temporary names, the per-video
+record is written after its clips, and the manifest after its shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from filters import audit
+from filters.features import compute_features
+from pipelines import atomic, ids
+from pipelines.clip import ClipConfig, cut_video
+from pipelines.download import DownloadConfig, DownloadResult, download
+from pipelines.ledger import Ledger
+from pipelines.probe import probe
+from pipelines.resolve import Candidate, Rejection, resolve_entry
+from pipelines.sources import SourceEntry, load_sources, sources_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything a build needs; flows and the CLI build one from simple parameters."""
+
+    out: Path  # the data root: manifest.json, shards/, audit/, work/
+    sources: Path  # YAML or text file of source URLs
+    dataset: str = "genie"  # dataset name: the shard file prefix
+    shard_max_bytes: int = 256 * 1024 * 1024  # shard size limit (WebDataset practice: 256 MB-1 GB)
+    threshold: float | None = None  # override the classifier's threshold (no features recomputed)
+    model_path: Path | None = None  # a clip-filter model (.skops); None: the shipped default
+    use_model: bool = True  # False: score nothing, keep every clip that passes the other steps
+    retry_failed: bool = False  # also retry videos whose earlier failure was permanent
+    keep_downloads: bool = True  # keep source files under work/downloads after cutting
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+
+    def __post_init__(self) -> None:
+        ids.check_safe(self.dataset)
+        if self.shard_max_bytes < 1024 * 1024:
+            raise ValueError(f"shard_max_bytes must be >= 1 MiB, got {self.shard_max_bytes}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+
+
+class TransientDownloadError(RuntimeError):
+    """A download failed in a way worth retrying (timeout, network, 5xx); no record is written."""
+
+    def __init__(self, result: DownloadResult) -> None:
+        super().__init__(f"{result.error_class}: {result.message}")
+        self.result = result
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under the data root (docs/ARCHITECTURE.md)."""
+
+    root: Path
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def downloads(self) -> Path:
+        return self.work / "downloads"
+
+    @property
+    def archive(self) -> Path:
+        return self.work / "ytdlp-archive.txt"
+
+    @property
+    def ledger(self) -> Path:
+        return self.work / "ledger.sqlite"
+
+    def record(self, vid: str) -> Path:
+        return self.work / "videos" / f"{ids.check_safe(vid)}.json"
+
+    def clips(self, vid: str) -> Path:
+        return self.work / "clips" / ids.check_safe(vid)
+
+    @property
+    def audit(self) -> Path:
+        return self.root / "audit"
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+# ---------------------------------------------------------------------------------------------
+# resolve
+
+
+@dataclass
+class Resolved:
+    candidates: list[Candidate]
+    rejections: list[Rejection]
+    entries: list[SourceEntry]
+    sources_hash: str
+
+
+def resolve_sources(cfg: BuildConfig) -> Resolved:
+    """Read the sources file and resolve every entry (metadata only, no downloads).
+
+    A video found by two entries is kept once, at its first position. An entry that resolved to one
+    video (a single video or direct link, not a listing) is not asked again on later runs: its
+    answer is cached under ``work/resolved/``. Listings (playlists, channels, searches) are asked
+    every run, since that is how new videos are found.
+    """
+    entries = load_sources(cfg.sources)
+    cands: list[Candidate] = []
+    rejections: list[Rejection] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        found, rejected = _resolve_cached(entry, i, cfg)
+        rejections.extend(rejected)
+        for c in found:
+            if c.video_id not in seen:
+                seen.add(c.video_id)
+                cands.append(c)
+    return Resolved(cands, rejections, entries, sources_hash(entries))
+
+
+def _resolve_cached(
+    entry: SourceEntry, i: int, cfg: BuildConfig
+) -> tuple[list[Candidate], list[Rejection]]:
+    key = hashlib.sha256(repr(entry).encode()).hexdigest()[:24]
+    path = Layout(cfg.out).work / "resolved" / f"{key}.json"
+    if path.exists():
+        d = json.loads(path.read_text())
+        return [Candidate(**{**d, "order": (i, 0)})], []
+    found, rejected = resolve_entry(entry, i, cfg.download, ledger=Ledger(Layout(cfg.out).ledger))
+    if len(found) == 1 and not rejected and found[0].url == entry.url:
+        atomic.write_json(path, asdict(found[0]))
+    return found, rejected
+
+
+# ---------------------------------------------------------------------------------------------
+# per-video pass
+
+
+def read_record(layout: Layout, vid: str) -> dict[str, Any] | None:
+    path = layout.record(vid)
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as fh:
+        rec: dict[str, Any] = json.load(fh)
+    return rec
+
+
+def is_done(layout: Layout, vid: str, retry_failed: bool = False) -> bool:
+    rec = read_record(layout, vid)
+    if rec is None:
+        return False
+    return not (retry_failed and rec["status"] == "error")
+
+
+def _base(c: Candidate, run_id: str) -> dict[str, Any]:
+    return {"run_id": run_id, "video_id": c.video_id, "source_url": c.source_url}
+
+
+def _write_record(
+    layout: Layout, c: Candidate, status: str, rows: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    rec = {
+        "video_id": c.video_id,
+        "url": c.url,
+        "source_url": c.source_url,
+        "title": c.title,  # data only: titles never become file names
+        "order": list(c.order),
+        "status": status,  # ok | dropped | error
+        "rows": rows,
+        **extra,
+    }
+    atomic.write_json(layout.record(c.video_id), rec)
+    return rec
+
+
+def fetch_video(c: Candidate, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
+    """Download one video (skipped when its record exists).
+
+    Returns:
+        ``{"done": True}`` when the video already has a record, else the download result as a dict.
+    Raises:
+        TransientDownloadError: on a transient failure; no record is written, so it is retried.
+    """
+    layout = Layout(cfg.out)
+    if is_done(layout, c.video_id, cfg.retry_failed):
+        return {"done": True}
+    result = download(
+        c, layout.downloads, cfg.download, layout.archive, ledger=Ledger(layout.ledger)
+    )
+    if result.ok:
+        return {"done": False, **asdict(result)}
+    if result.transient:
+        raise TransientDownloadError(result)
+    row = audit.row(
+        **_base(c, run_id),
+        step="download",
+        decision="error",
+        reason=result.error_class or "unknown",
+        message=result.message,
+        extra={"attempts": result.attempts, "url": c.url},
+    )
+    _write_record(layout, c, "error", [row], download=asdict(result))
+    return {"done": True}
+
+
+def cut_video_stage(
+    c: Candidate,
+    fetched: dict[str, Any],
+    cfg: BuildConfig,
+    run_id: str,
+    features_fn: Callable[[np.ndarray], dict[str, float]] = compute_features,
+) -> dict[str, Any]:
+    """Probe and clip a downloaded video, then write its record (the video is then done)."""
+    layout = Layout(cfg.out)
+    if fetched.get("done"):
+        rec = read_record(layout, c.video_id)
+        assert rec is not None, f"record for {c.video_id} vanished"
+        return rec
+    path = Path(fetched["path"])
+    rows = [
+        audit.row(
+            **_base(c, run_id),
+            step="download",
+            decision="keep",
+            reason="ok",
+            extra={
+                k: fetched.get(k) for k in ("format_id", "width", "height", "bytes", "attempts")
+            },
+        )
+    ]
+    pr = probe(path, cfg.clip)
+    pinfo = asdict(pr)
+    if not pr.ok:
+        rows.append(
+            audit.row(
+                **_base(c, run_id),
+                step="probe",
+                decision="drop",
+                reason=pr.reason or "unknown",
+                message=pr.message,
+                extra=pinfo,
+            )
+        )
+        return _finish(layout, c, cfg, "dropped", rows, path, probe=pinfo)
+    rows.append(
+        audit.row(**_base(c, run_id), step="probe", decision="keep", reason="ok", extra=pinfo)
+    )
+    try:
+        report = cut_video(path, c.video_id, layout.clips(c.video_id), cfg.clip, features_fn)
+    except Exception as exc:  # a bad file must not stop the batch: the error becomes its row
+        log.warning("clip failed for %s: %s", c.video_id, exc)
+        rows.append(
+            audit.row(
+                **_base(c, run_id),
+                step="clip",
+                decision="error",
+                reason="ffmpeg_failed",
+                message=str(exc),
+            )
+        )
+        return _finish(layout, c, cfg, "error", rows, path, probe=pinfo)
+    clips = [asdict(cl) for cl in report.clips]
+    dropped = [{"start_s": s, "reason": r} for s, r in report.dropped]
+    rows.append(
+        audit.row(
+            **_base(c, run_id),
+            step="clip",
+            decision="keep" if clips else "drop",
+            reason="ok" if clips else "no_usable_span",
+            extra={
+                "n_clips": len(clips),
+                "cuts_s": report.cuts_s,
+                "dropped_spans": dropped,
+                "n_frames": report.n_frames,
+            },
+        )
+    )
+    for cl in report.clips:
+        rows.append(
+            audit.row(
+                **_base(c, run_id),
+                clip_id=cl.clip_id,
+                step="clip",
+                decision="keep",
+                reason="cut",
+                features=cl.features,
+                extra={"start_s": cl.start_s, "sha256": cl.sha256},
+            )
+        )
+    status = "ok" if clips else "dropped"
+    return _finish(
+        layout, c, cfg, status, rows, path, probe=pinfo, clips=clips, dropped_spans=dropped
+    )
+
+
+def _finish(
+    layout: Layout,
+    c: Candidate,
+    cfg: BuildConfig,
+    status: str,
+    rows: list[dict[str, Any]],
+    path: Path,
+    **extra: Any,
+) -> dict[str, Any]:
+    rec = _write_record(layout, c, status, rows, **extra)
+    if not cfg.keep_downloads and path.exists():
+        path.unlink()
+    return rec
+
+
+def transient_failure_rows(c: Candidate, error: BaseException, run_id: str) -> list[dict[str, Any]]:
+    """Audit rows for a video whose download failed transiently on every try (retried next run)."""
+    result = getattr(error, "result", None)
+    reason = getattr(result, "error_class", None) or "unknown"
+    return [
+        audit.row(
+            **_base(c, run_id),
+            step="download",
+            decision="error",
+            reason=reason,
+            message=str(error),
+            extra={"transient": True},
+        )
+    ]
+
+
+def process_video(
+    c: Candidate, cfg: BuildConfig, run_id: str
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """The whole per-video pass without Prefect: a record, or audit rows of a transient failure."""
+    try:
+        fetched = fetch_video(c, cfg, run_id)
+    except TransientDownloadError as exc:
+        return transient_failure_rows(c, exc, run_id)
+    return cut_video_stage(c, fetched, cfg, run_id)

@@ -1,0 +1,351 @@
+"""Run-level decisions of build-dataset: dedup, score, keep/drop, shards, manifest, audit rows.
+
+Runs after the per-video pass over the records of every video the sources name, in dataset order
+(source entry, then position in the entry, then clip start). It is deterministic given the records,
+the model and the threshold, so a rerun (or a run resumed after a kill) gives the same shards and
+the same manifest. Audit rows are written for decisions that changed since the last run (the state
+is kept in ``work/decisions.json``), so rows are not repeated by runs that decide nothing new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from filters import audit
+from filters.classifier import ClipClassifier, load_default
+from filters.features import FEATURE_VERSION
+from pipelines import atomic
+from pipelines.build import BuildConfig, Layout, Resolved, new_run_id, read_record
+from pipelines.clip import is_near_duplicate
+from pipelines.manifest import build_manifest, dataset_version, read_manifest, write_manifest
+from pipelines.shard import ShardSample, remove_stale_shards, shard_plan_digests, write_shards
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    run_id: str
+    version: str
+    n_videos: int
+    n_clips: int
+    n_kept: int
+    n_shards: int
+    manifest: str
+    counts: dict[str, dict[str, dict[str, int]]]
+
+
+def load_model(cfg: BuildConfig) -> ClipClassifier | None:
+    if not cfg.use_model:
+        return None
+    if cfg.model_path is not None:
+        return ClipClassifier.load(cfg.model_path)
+    return load_default()
+
+
+def _key(r: Mapping[str, Any]) -> str:
+    return "|".join(str(r.get(c)) for c in audit.KEY)
+
+
+def _sig(r: Mapping[str, Any]) -> str:
+    parts = [
+        r["decision"],
+        r["reason"],
+        r.get("score"),
+        r.get("threshold"),
+        r.get("model_version"),
+        r.get("shard"),
+    ]
+    return json.dumps(parts, default=str)
+
+
+def _dataset_records(layout: Layout, resolved: Resolved) -> list[dict[str, Any]]:
+    """Records of the videos in the dataset, in order.
+
+    A source entry that failed to resolve this time (a network error on a playlist) keeps the videos
+    it had before, so one bad listing does not empty the dataset.
+    """
+    recs: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for c in resolved.candidates:
+        rec = read_record(layout, c.video_id)
+        if rec is not None:
+            rec["order"] = list(c.order)
+            recs.append(rec)
+            seen.add(c.video_id)
+    failed = {
+        r.source_url for r in resolved.rejections if r.video_id is None and r.decision == "error"
+    }
+    if failed and (layout.work / "videos").exists():
+        for p in sorted((layout.work / "videos").glob("*.json")):
+            rec = json.loads(p.read_text())
+            if rec["source_url"] in failed and rec["video_id"] not in seen:
+                recs.append(rec)
+                seen.add(rec["video_id"])
+    recs.sort(key=lambda r: tuple(r["order"]))
+    return recs
+
+
+def _write_video_audit(layout: Layout, rec: Mapping[str, Any]) -> None:
+    """The record's rows as a Parquet file named after the record's content (idempotent)."""
+    rows = rec.get("rows") or []
+    if not rows:
+        return
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    audit.write_rows(layout.audit / "videos" / f"{rec['video_id']}-{digest}.parquet", list(rows))
+
+
+def _dedup(clips: Sequence[Mapping[str, Any]], max_bits: int) -> dict[str, str]:
+    """clip_id -> the earlier clip it duplicates (exact content hash, then near-duplicate signature)."""
+    dup_of: dict[str, str] = {}
+    by_sha: dict[str, str] = {}
+    kept: list[tuple[str, str]] = []  # (clip_id, signature) of clips that are not duplicates
+    for cl in clips:
+        cid = cl["clip_id"]
+        if cl["sha256"] in by_sha:
+            dup_of[cid] = by_sha[cl["sha256"]]
+            continue
+        # O(n) per clip; fine for a sample corpus, a banded index is the way at crawl scale.
+        near = next(
+            (k for k, sig in kept if is_near_duplicate(sig, cl["signature"], max_bits)), None
+        )
+        if near is not None:
+            dup_of[cid] = near
+            continue
+        by_sha[cl["sha256"]] = cid
+        kept.append((cid, cl["signature"]))
+    return dup_of
+
+
+def _scores(
+    layout: Layout, model: ClipClassifier, clips: Sequence[Mapping[str, Any]]
+) -> dict[str, float]:
+    """Scores per clip, cached per model version: a clip is scored once per model."""
+    path = layout.work / "scores" / f"{model.version}.json"
+    cache: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+    todo = [cl for cl in clips if cl["clip_id"] not in cache]
+    if todo:
+        probs = model.score([cl["features"] for cl in todo])
+        cache.update(
+            {cl["clip_id"]: float(p) for cl, p in zip(todo, np.asarray(probs), strict=True)}
+        )
+        atomic.write_json(path, cache)
+    return {cl["clip_id"]: cache[cl["clip_id"]] for cl in clips}
+
+
+def _sample_meta(
+    rec: Mapping[str, Any], cl: Mapping[str, Any], cfg: BuildConfig, score: float | None
+) -> dict[str, Any]:
+    return {
+        "clip_id": cl["clip_id"],
+        "video_id": rec["video_id"],
+        "source_url": rec["source_url"],
+        "url": rec["url"],
+        "start_s": cl["start_s"],
+        "fps": cfg.clip.fps,
+        "width": cfg.clip.width,
+        "height": cfg.clip.height,
+        "n_frames": cl["n_frames"],
+        "features": cl["features"],
+        "score": score,
+    }
+
+
+def finalize(
+    cfg: BuildConfig,
+    resolved: Resolved,
+    run_id: str | None = None,
+    extra_rows: Sequence[Mapping[str, Any]] = (),
+) -> BuildSummary:
+    """Decide, shard and write the manifest and audit rows for the current records.
+
+    Args:
+        cfg: the build config.
+        resolved: this run's resolve result (the dataset order and resolve decisions).
+        run_id: this run's ID (a new one when None).
+        extra_rows: audit rows made elsewhere in the run (transient download failures).
+    """
+    run_id = run_id or new_run_id()
+    layout = Layout(cfg.out)
+    rows: list[dict[str, Any]] = [dict(r) for r in extra_rows]
+    for rj in resolved.rejections:
+        rows.append(
+            audit.row(
+                run_id=run_id,
+                step="resolve",
+                video_id=rj.video_id,
+                source_url=rj.source_url,
+                decision=rj.decision,
+                reason=rj.reason,
+                message=rj.message,
+                extra={"url": rj.url},
+            )
+        )
+    for c in resolved.candidates:
+        rows.append(
+            audit.row(
+                run_id=run_id,
+                step="resolve",
+                video_id=c.video_id,
+                source_url=c.source_url,
+                decision="keep",
+                reason="ok",
+                extra={"url": c.url, "title": c.title, "duration_s": c.duration_s},
+            )
+        )
+
+    recs = _dataset_records(layout, resolved)
+    for rec in recs:
+        _write_video_audit(layout, rec)
+    clips = [(rec, cl) for rec in recs if rec["status"] == "ok" for cl in rec.get("clips", [])]
+
+    dup_of = _dedup([cl for _, cl in clips], cfg.clip.dedup_max_bits)
+    for rec, cl in clips:
+        if cl["clip_id"] in dup_of:
+            rows.append(
+                audit.row(
+                    run_id=run_id,
+                    step="dedup",
+                    video_id=rec["video_id"],
+                    clip_id=cl["clip_id"],
+                    source_url=rec["source_url"],
+                    decision="drop",
+                    reason="duplicate",
+                    message=f"duplicate of {dup_of[cl['clip_id']]}",
+                    features=cl["features"],
+                )
+            )
+    unique = [(rec, cl) for rec, cl in clips if cl["clip_id"] not in dup_of]
+
+    model = load_model(cfg)
+    threshold = (
+        None if model is None else (cfg.threshold if cfg.threshold is not None else model.threshold)
+    )
+    scores = (
+        _scores(layout, model, [cl for _, cl in unique]) if model is not None and unique else {}
+    )
+    samples: list[ShardSample] = []
+    for rec, cl in unique:
+        s = scores.get(cl["clip_id"])
+        keep = model is None or (threshold is not None and s is not None and s >= threshold)
+        reason = "no_model" if model is None else ("above_threshold" if keep else "below_threshold")
+        rows.append(
+            audit.row(
+                run_id=run_id,
+                step="score",
+                video_id=rec["video_id"],
+                clip_id=cl["clip_id"],
+                source_url=rec["source_url"],
+                decision="keep" if keep else "drop",
+                reason=reason,
+                score=s,
+                threshold=threshold,
+                model_version=None if model is None else model.version,
+                features=cl["features"],
+            )
+        )
+        if keep:
+            samples.append(
+                ShardSample(
+                    cl["clip_id"],
+                    cl["path"],
+                    _sample_meta(rec, cl, cfg, s),
+                    Path(cl["path"]).stat().st_size,
+                )
+            )
+
+    prev = read_manifest(layout.root)
+    prev_shards = {s["path"]: s for s in prev["shards"]} if prev else {}
+    shards = write_shards(layout.root, cfg.dataset, samples, cfg.shard_max_bytes, prev_shards)
+    plans = shard_plan_digests(samples, cfg.shard_max_bytes)
+    shard_of = _shard_index(shards, samples)
+    for rec, cl in unique:
+        if cl["clip_id"] in shard_of:
+            rows.append(
+                audit.row(
+                    run_id=run_id,
+                    step="shard",
+                    video_id=rec["video_id"],
+                    clip_id=cl["clip_id"],
+                    source_url=rec["source_url"],
+                    decision="keep",
+                    reason="in_shard",
+                    shard=shard_of[cl["clip_id"]],
+                    score=scores.get(cl["clip_id"]),
+                    threshold=threshold,
+                )
+            )
+
+    _write_changed_rows(layout, run_id, rows)
+    counts = _counts(layout)
+    mv = None if model is None else model.version
+    sha_of = {cl["clip_id"]: cl["sha256"] for _, cl in clips}
+    clip_cfg = asdict(cfg.clip)
+    version = dataset_version(
+        clip_config=clip_cfg,
+        feature_version=FEATURE_VERSION,
+        model_version=mv,
+        threshold=threshold,
+        sources_hash=resolved.sources_hash,
+        clips=[(s.clip_id, sha_of[s.clip_id]) for s in samples],
+    )
+    manifest = build_manifest(
+        dataset=cfg.dataset,
+        version=version,
+        shards=shards,
+        plans=plans,
+        clip_config=clip_cfg,
+        feature_version=FEATURE_VERSION,
+        model_version=mv,
+        threshold=threshold,
+        sources_hash=resolved.sources_hash,
+        counts=counts,
+    )
+    path = write_manifest(layout.root, manifest)
+    remove_stale_shards(layout.root, cfg.dataset, {s.path for s in shards})
+    log.info(
+        "dataset %s: %d clips kept of %d in %d shards",
+        version,
+        len(samples),
+        len(clips),
+        len(shards),
+    )
+    return BuildSummary(
+        run_id, version, len(recs), len(clips), len(samples), len(shards), str(path), counts
+    )
+
+
+def _shard_index(shards: Sequence[Any], samples: Sequence[ShardSample]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    i = 0
+    for sh in shards:
+        for smp in samples[i : i + sh.n_samples]:
+            out[smp.clip_id] = sh.path
+        i += sh.n_samples
+    return out
+
+
+def _write_changed_rows(layout: Layout, run_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append this run's rows whose decision differs from the last recorded one, then the state."""
+    state_path = layout.work / "decisions.json"
+    state: dict[str, str] = json.loads(state_path.read_text()) if state_path.exists() else {}
+    changed = [dict(r) for r in rows if state.get(_key(r)) != _sig(r)]
+    if changed:
+        audit.write_rows(layout.audit / "runs" / f"{run_id}.parquet", changed)
+    state.update({_key(r): _sig(r) for r in rows})
+    atomic.write_json(state_path, state)
+
+
+def _counts(layout: Layout) -> dict[str, dict[str, dict[str, int]]]:
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for step, decision, reason, n in audit.summary(layout.root):
+        out.setdefault(step, {}).setdefault(decision, {})[reason] = n
+    return out
