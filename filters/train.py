@@ -13,7 +13,7 @@ Procedure (``train_classifier``):
    the same folds: one model refitted on all data plus one sigmoid fitted on OOF decision values.
 4. The threshold comes from the OOF probabilities (the same sigmoid applied to the same OOF
    decision values): the highest recall of good clips whose OOF precision is >=
-   ``target_precision`` (of thresholds with that recall, the highest). If no threshold reaches it, the one with the highest
+   ``target_precision``, placed midway in the gap below the lowest kept OOF score. If no threshold reaches it, the one with the highest
    precision is used and a warning is recorded in the result and the report.
 """
 
@@ -58,7 +58,7 @@ def make_family(name: str, seed: int) -> Pipeline:
         ]
     elif name == "random_forest":
         steps = [("clf", RandomForestClassifier(
-            n_estimators=200, min_samples_leaf=2, class_weight="balanced", n_jobs=1,
+            n_estimators=100, min_samples_leaf=2, class_weight="balanced", n_jobs=1,
             random_state=seed))]  # fmt: skip
     elif name == "hist_gb":
         steps = [("clf", HistGradientBoostingClassifier(
@@ -129,12 +129,15 @@ def _oof_raw(est: Pipeline, X: np.ndarray, y: np.ndarray, folds: list[Any]) -> n
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray, target: float) -> tuple[float, bool]:
-    """Threshold t of max recall of good with precision(p >= t) >= target (the highest such t
-    when several give the same recall).
+    """Threshold of max recall of good (y == 1) with precision(p >= t) >= target.
+
+    Of the thresholds giving that same kept set, the one midway between the lowest kept score and
+    the next score below it: the OOF metrics are the same anywhere in that gap, and the middle
+    leaves a margin both ways for unseen clips instead of sitting on a training score.
 
     Returns:
-        (threshold, met). If no t meets the target: the t of highest precision (ties: higher
-        recall), and met=False.
+        (threshold, met). If no threshold meets the target: the one of highest precision (ties:
+        higher recall), and met=False.
     """
     order = np.argsort(-p, kind="stable")
     ps, ys = p[order], y[order]
@@ -143,13 +146,14 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, target: float) -> tuple[float
     tp = np.cumsum(ys == 1)[ends]
     prec = tp / (ends + 1)
     ok = np.flatnonzero(prec >= target)
-    if ok.size:
-        # max recall among the qualifying thresholds; of equal recall, the highest threshold
-        # (fewest bad clips kept)
-        best_tp = tp[ok].max()
-        return float(ts[ok[tp[ok] == best_tp][0]]), True
-    best = int(np.lexsort((-tp, -prec))[0])
-    return float(ts[best]), False
+    met = bool(ok.size)
+    if met:
+        # max recall among the qualifying thresholds; of equal recall, the fewest clips kept
+        i = int(ok[tp[ok] == tp[ok].max()][0])
+    else:
+        i = int(np.lexsort((-tp, -prec))[0])
+    t = float(ts[i]) if i + 1 == ts.size else float((ts[i] + ts[i + 1]) / 2)
+    return t, met
 
 
 def data_hash(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> str:

@@ -54,7 +54,7 @@ def _dataset(
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[TrainResult, tuple[list[dict[str, float]], list[int], list[str], list[str]]]:
-    data = _dataset(range(0, 5), clips=2)
+    data = _dataset(range(0, 4), clips=2)
     X, labels, groups, kinds = data
     # three middle ratings from one extra video: must be dropped as in the paper
     mid = [compute_features(make_clip("gameplay", 900, c)) for c in range(3)]
@@ -69,7 +69,7 @@ def trained() -> tuple[TrainResult, tuple[list[dict[str, float]], list[int], lis
 def test_training_report_and_threshold(trained: tuple[TrainResult, tuple]) -> None:
     result, (X, labels, groups, kinds) = trained
     assert result.counts["dropped_middle"] == 3
-    assert result.counts["good"] == 30 and result.counts["bad"] == 80
+    assert result.counts["good"] == 24 and result.counts["bad"] == 64
     assert {s.family for s in result.families} == {"logreg", "random_forest", "svm_rbf"}
     assert result.family == max(result.families, key=lambda s: s.average_precision).family
     # the threshold meets the target precision on the out-of-fold probabilities
@@ -80,7 +80,7 @@ def test_training_report_and_threshold(trained: tuple[TrainResult, tuple]) -> No
     assert (y[keep] == 1).mean() >= TARGET
     assert result.metrics["precision"] == pytest.approx((y[keep] == 1).mean())
     (tn, fp), (fn, tp) = result.confusion
-    assert tp + fn == 30 and tn + fp == 80 and tp == keep[y == 1].sum()
+    assert tp + fn == 24 and tn + fp == 64 and tp == keep[y == 1].sum()
     assert set(result.bad_kind_recall) == set(BAD_KINDS)
     assert result.metrics["roc_auc"] > 0.95
 
@@ -243,10 +243,12 @@ def test_write_report(trained: tuple[TrainResult, tuple], tmp_path: Path) -> Non
 def test_choose_threshold() -> None:
     y = np.array([1, 1, 0, 1, 0])
     p = np.array([0.9, 0.8, 0.7, 0.6, 0.1])
-    assert choose_threshold(y, p, 0.9) == (0.8, True)  # recall 2/3 at precision 1
-    assert choose_threshold(y, p, 0.7) == (0.6, True)  # recall 1 at precision 3/4
-    # equal recall: the highest threshold wins (fewer bad clips kept)
-    assert choose_threshold(np.array([1, 0, 0]), np.array([0.9, 0.5, 0.1]), 0.3) == (0.9, True)
+    # recall 2/3 at precision 1: keep {0.9, 0.8}, threshold midway to the next score (0.7)
+    assert choose_threshold(y, p, 0.9) == (pytest.approx(0.75), True)
+    assert choose_threshold(y, p, 0.7) == (pytest.approx(0.35), True)  # recall 1, precision 3/4
+    # equal recall: the smallest kept set wins (fewer bad clips kept)
+    t, met = choose_threshold(np.array([1, 0, 0]), np.array([0.9, 0.5, 0.1]), 0.3)
+    assert (t, met) == (pytest.approx(0.7), True)
     # unreachable target: the most precise threshold, flagged
     assert choose_threshold(np.array([0, 1]), np.array([0.9, 0.1]), 0.9) == (0.1, False)
 
