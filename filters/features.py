@@ -20,20 +20,24 @@ low_contrast_frac          fraction of frames with spatial std < 0.03: blank, fa
 sat_mean                   mean HSV saturation. Games are colourful; text cards, greyscale talking
                            heads and many menus are not.
 border_frac                area fraction of black bars (letterbox / pillarbox) around the content.
-palette_log2               log2 of the number of distinct colours (4 bits per channel) per frame.
-                           Games draw from small palettes (~4-8); camera footage is larger and noise
-                           fills all 4096 bins (12).
+palette_bits               entropy (bits) of the colour histogram (4 bits per channel) per frame,
+                           i.e. log2 of the effective number of colours. Games draw large areas
+                           from small palettes (decoded: ~4-5); camera footage ~6; noise ~10-12.
 palette_top8_frac          area fraction covered by the 8 most common colours: games have large flat
                            fills (sky, tiles); camera footage and noise spread over many colours.
 edge_density               fraction of pixels with a luma step > 0.1 to a neighbour: tile and sprite
                            outlines; low for smooth footage and blank screens, extreme for noise.
 flat_frac                  fraction of pixels whose neighbours differ by <= 1.5/255: flat pixel-art
-                           fills are exact; sensor noise and camera gradients are never flat.
+                           fills; sensor noise is never flat (but a low-bitrate codec flattens
+                           camera footage too, hence soft_step_frac).
+soft_step_frac             of the pixels with a visible step (> 3/255), the fraction whose step is
+                           gentle (<= 20/255): ~1 for camera footage (shading, blur) even after
+                           H.264; low for pixel art, whose steps are outlines.
 spatial_entropy            entropy (bits) of the 32-bin luma histogram per frame: low for blank and
                            two-tone text cards, high for noise.
-natural_cell_frac          fraction of 10x10 cells that are textured but not flat (flat share < 0.25,
-                           std > 0.015): camera-like content. A facecam over gameplay gives a
-                           mid value (its area share), full camera footage ~1.
+natural_cell_frac          fraction of 10x10 cells that are textured (> 15% visible steps)
+                           with gentle steps (> 80% of them soft): camera-like content. A facecam
+                           over gameplay gives about its area share, camera footage the most.
 diff_mean                  mean absolute luma difference between consecutive frames (motion level).
 diff_p90                   90th percentile over time of the per-transition difference.
 diff_cv                    coefficient of variation over time of the difference: slideshows and
@@ -41,8 +45,9 @@ diff_cv                    coefficient of variation over time of the difference:
 changed_cell_frac          mean fraction of grid cells (9x16) that change per transition: the
                            spatial spread of motion. Scrolling moves the whole screen; a menu
                            highlight moves a few cells.
-motion_top_share           share of all motion energy in the top 10% of cells: high for localised
-                           motion (menu cursor, facecam), low for full-screen scrolling. 0 if still.
+motion_top_share           share of the motion energy (changed cells only) in the top 10% of cells:
+                           high for localised motion (menu cursor, facecam), low for full-screen
+                           scrolling. 0 if nothing changes.
 static_cell_frac           fraction of content cells that never change over the clip: ~1 for a
                            frozen screen, small for a HUD, large for a big static overlay or panel.
 frozen_frac                fraction of transitions where no cell changes (frozen frames).
@@ -87,7 +92,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 # Bump whenever a feature's definition changes: saved classifiers record it and refuse a mismatch.
-FEATURE_VERSION = "2"
+FEATURE_VERSION = "3"
 
 FEATURE_NAMES: tuple[str, ...] = (
     "luma_mean",
@@ -96,10 +101,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "low_contrast_frac",
     "sat_mean",
     "border_frac",
-    "palette_log2",
+    "palette_bits",
     "palette_top8_frac",
     "edge_density",
     "flat_frac",
+    "soft_step_frac",
     "spatial_entropy",
     "natural_cell_frac",
     "diff_mean",
@@ -128,6 +134,7 @@ _CUT_ABS = 0.12  # per-transition mean |diff| of a hard cut (about a third of a 
 _CUT_REL = 4.0  # ... and this many times the clip's median difference
 _FLAT_STEP = 1.5 / 255  # neighbour step counted as flat
 _EDGE_STEP = 0.1
+_SOFT_LO, _SOFT_HI = 3 / 255, 20 / 255  # a gentle step: above codec noise, below an outline
 _GRID = (9, 16)  # motion cells over the 80x45 subsample (5x5 samples per cell at 160x90)
 _N_COLOUR_FRAMES = 12  # frames sampled (evenly over the clip) for the per-frame spatial features
 _N_PHASE_PAIRS = 24  # moving transitions phase-correlated per clip (evenly spaced), for speed
@@ -218,7 +225,11 @@ def _colour_features(rgb: np.ndarray) -> dict[str, float]:
     code = code.reshape(S, -1) + (np.arange(S, dtype=np.int32) * 4096)[:, None]
     counts = np.bincount(code.ravel(), minlength=S * 4096).reshape(S, 4096)
     n_pix = code.shape[1]
-    n_colours = (counts > 0).sum(axis=1)
+    # Entropy, not a count of distinct colours: H.264's 4:2:0 chroma bleeds every sharp pixel-art
+    # edge into many rare in-between colours, which would make a decoded game look richer than
+    # camera footage; rare colours barely move the entropy.
+    p = counts / n_pix
+    palette_bits = -(p * np.log2(np.where(p > 0, p, 1.0))).sum(axis=1)
     top8 = np.partition(counts, 4096 - 8, axis=1)[:, -8:].sum(axis=1) / n_pix
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # reductions over a length-3 axis are slow
     mx = np.maximum(np.maximum(r, g), b).astype(np.float32)
@@ -226,7 +237,7 @@ def _colour_features(rgb: np.ndarray) -> dict[str, float]:
     sat = (mx - mn) / np.maximum(mx, 1.0)
     return {
         "sat_mean": float(sat.mean()),
-        "palette_log2": float(np.log2(n_colours).mean()),
+        "palette_bits": float(palette_bits.mean()),
         "palette_top8_frac": float(top8.mean()),
     }
 
@@ -237,6 +248,8 @@ def _texture_features(g: np.ndarray) -> dict[str, float]:
     gy = np.abs(np.diff(g, axis=1))[:, :, :-1]
     step = np.maximum(gx, gy)
     flat = step <= _FLAT_STEP
+    textured = step > _SOFT_LO  # a visible step, above codec noise
+    soft = textured & (step <= _SOFT_HI)  # ... but a gentle one (shading, not an outline)
     S = g.shape[0]
     hist = np.stack(
         [np.bincount(np.minimum(f * 32, 31).astype(np.int64).ravel(), minlength=32) for f in g]
@@ -249,12 +262,15 @@ def _texture_features(g: np.ndarray) -> dict[str, float]:
     if nh == 0 or nw == 0:
         natural = 0.0
     else:
-        fc = flat[:, : nh * ch, : nw * cw].reshape(S, nh, ch, nw, cw).mean(axis=(2, 4))
-        gc = g[:, : nh * ch, : nw * cw].reshape(S, nh, ch, nw, cw).std(axis=(2, 4))
-        natural = float(((fc < 0.25) & (gc > 0.015)).mean())
+        tc = textured[:, : nh * ch, : nw * cw].reshape(S, nh, ch, nw, cw).mean(axis=(2, 4))
+        sc = soft[:, : nh * ch, : nw * cw].reshape(S, nh, ch, nw, cw).mean(axis=(2, 4))
+        # natural: mostly textured, and the texture is gentle gradients rather than hard edges
+        natural = float(((tc > 0.15) & (sc > 0.8 * tc)).mean())
+    n_textured = int(textured.sum())
     return {
         "edge_density": float((step > _EDGE_STEP).mean()),
         "flat_frac": float(flat.mean()),
+        "soft_step_frac": float(soft.sum() / n_textured) if n_textured else 0.0,
         "spatial_entropy": float(ent.mean()),
         "natural_cell_frac": natural,
     }
@@ -284,7 +300,7 @@ def _motion_features(small: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     cells = cells.reshape(T - 1, -1)  # (T-1, n_cells)
     changed = cells > _CELL_CHANGED
     frozen = ~changed.any(axis=1)
-    energy = cells.sum(axis=0)
+    energy = (cells * changed).sum(axis=0)  # only real changes: codec flicker is not motion
     total = float(energy.sum())
     n_top = max(1, energy.size // 10)
     top_share = float(np.sort(energy)[-n_top:].sum() / total) if total > 1e-6 else 0.0
