@@ -13,6 +13,7 @@ import pytest
 
 from pipelines.clip import (
     ClipConfig,
+    CutDetector,
     CutReport,
     DroppedSpan,
     Span,
@@ -62,6 +63,42 @@ def test_near_duplicate_signatures() -> None:
     assert not is_near_duplicate(ha, ho, max_bits=4)
     with pytest.raises(ValueError):
         is_near_duplicate(ha, ha + ha, 4)
+
+
+# ---------------------------------------------------------------- cut detection (no ffmpeg)
+
+
+def _flags(moved: list[float], cfg: ClipConfig = CFG, still: float = 5.0) -> list[tuple[bool, bool]]:
+    det = CutDetector(cfg)
+    out = []
+    for i, m in enumerate(moved):
+        out += det.push(None if i == 0 else (still, m))
+    out += det.finish()
+    assert len(out) == len(moved)  # every frame gets flags, in order
+    return out
+
+
+def test_cut_is_a_lone_spike() -> None:
+    calm = [4.0] * 10
+    flags = _flags([0.0, *calm, 50.0, *calm])
+    assert [i for i, (cut, _) in enumerate(flags) if cut] == [11]
+    # At the very end too, where fewer neighbours exist.
+    assert _flags([0.0, *calm, 50.0])[-1] == (True, False)
+
+
+def test_fast_camera_motion_is_not_a_cut() -> None:
+    # Everything moves a lot (a camera following a jump): high scores but no lone spike.
+    assert not any(cut for cut, _ in _flags([0.0, 24, 28, 31, 27, 25, 33, 26, 24]))
+    # A spike that stands out but stays under the absolute threshold is no cut either.
+    assert not any(cut for cut, _ in _flags([0.0, 1, 1, 1, 15, 1, 1, 1]))
+    # Without the adaptive test (window 0) the absolute threshold alone decides.
+    assert [c for c, _ in _flags([0.0, 24, 28, 5], ClipConfig(scene_window=0))] == [
+        False, True, True, False]
+
+
+def test_static_flags() -> None:
+    flags = _flags([0.0, 0.0, 0.0], still=0.2)
+    assert flags == [(False, False), (False, True), (False, True)]
 
 
 # ---------------------------------------------------------------- plan_windows (no ffmpeg)
