@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from pipelines.sample import KINDS, make_sample_corpus, plan_corpus, write_sources
+from pipelines.sources import load_sources
 
-VISUAL_BAD = ("menu", "static", "slideshow", "noise", "non_game", "black", "test_pattern", "facecam")
+VISUAL_BAD = ("menu", "static", "slideshow", "noise", "non_game", "black", "test_pattern", "facecam")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +162,9 @@ def test_sources_yaml_lists_every_file(corpus: Path, tmp_path: Path) -> None:
         p = urlparse(u)
         assert p.scheme == "file" and Path(p.path).is_absolute() and Path(p.path).is_file()
     assert [Path(urlparse(u).path).stem for u in urls] == [r["id"] for r in labels(corpus)]
+    # The pipeline reads it as user-chosen URLs: no keyword rules for files without titles.
+    entries = load_sources(corpus / "sources.yaml")
+    assert [e.url for e in entries] == urls and all(e.rules is None for e in entries)
     out = write_sources(corpus, "http://127.0.0.1:8765/", tmp_path / "http.yaml")
     http = [e["url"] for e in yaml.safe_load(out.read_text())["sources"]]
     assert http[0].startswith("http://127.0.0.1:8765/videos/")
