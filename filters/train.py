@@ -319,10 +319,10 @@ def write_report(result: TrainResult, out_dir: str | Path) -> None:
         f"{result.target_precision} ({'met' if result.threshold_met else 'NOT met'}), out-of-fold.", "",
         "| metric | value |", "|---|---|",
         *[f"| {key} | {val:.4f} |" for key, val in m.items()], "",
-        "Confusion (good is positive): ", "",
+        "Confusion (good is positive):", "",
         "| | kept | dropped |", "|---|---|---|", f"| good | {tp} | {fn} |", f"| bad | {fp} | {tn} |", "",
         "## Families (OOF)", "", "| family | average precision | ROC-AUC | fit s |", "|---|---|---|---|",
-        *[f"| {s.family} | {s.average_precision:.4f} | {s.roc_auc:.4f} | {s.fit_seconds:.1f} |"
+        *[f"| {s.family} | {s.average_precision:.4f} | {s.roc_auc:.4f} | {s.fit_seconds:.2f} |"
           for s in result.families], "",
         "## Per kind", "", "| kind | label | fraction handled right |", "|---|---|---|",
         *[f"| {c} | bad (dropped) | {v:.3f} |" for c, v in result.bad_kind_recall.items()],
