@@ -637,12 +637,19 @@ def make_sample_corpus(out_dir: Path, size: str = "tiny", *, workers: int = 2) -
     # Bad examples that need no gameplay are made while the renderers run, the rest after.
     independent = [it for it in items if it.kind in MAKERS and it.source is None]
     derived = [it for it in items if it.kind in MAKERS and it.source is not None]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        list(pool.map(make, independent))
     stats: list[dict[str, Any]] = []
-    for proc, log in procs:
-        stats += _finish_render(proc, log)
-        log.unlink(missing_ok=True)
+    try:
+        for it in independent:
+            make(it)
+        for proc, log in procs:
+            stats += _finish_render(proc, log)
+            log.unlink(missing_ok=True)
+    finally:
+        # On any failure, stop the renderers rather than leave them running unattended.
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     for s in stats:
         logger.info(
             "rendered %s: %d frames, %d deaths, %.1f s",
