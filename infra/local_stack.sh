@@ -47,7 +47,10 @@ ensure_pools() {
   prefect work-pool set-concurrency-limit gpu 1 >/dev/null
   prefect concurrency-limit inspect genie-download >/dev/null 2>&1 \
     || prefect concurrency-limit create genie-download "${GENIE_DOWNLOAD_LIMIT:-2}" >/dev/null
-  echo "pools: cpu, gpu (limit 1); tag limit genie-download=${GENIE_DOWNLOAD_LIMIT:-2}"
+  # Training stages are tagged `gpu`: one at a time per GPU of this machine (GENIE_GPUS, default 1).
+  prefect concurrency-limit inspect gpu >/dev/null 2>&1 \
+    || prefect concurrency-limit create gpu "${GENIE_GPUS:-1}" >/dev/null
+  echo "pools: cpu, gpu (limit 1); tag limits genie-download=${GENIE_DOWNLOAD_LIMIT:-2}, gpu=${GENIE_GPUS:-1}"
 }
 
 deploy() { prefect --no-prompt deploy --all >"$RUN/deploy.log" 2>&1 || { cat "$RUN/deploy.log" >&2; exit 1; }; echo "deployed: $(grep -c "prefect deployment run" "$RUN/deploy.log") deployments"; }

@@ -29,6 +29,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp makes the file private (0600); a dataset is meant to be read by others.
+    os.chmod(tmp, 0o644)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

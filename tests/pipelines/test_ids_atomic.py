@@ -62,3 +62,9 @@ def test_killed_writer_leaves_only_a_temporary_that_is_cleaned(tmp_path: Path) -
     assert not target.exists()
     assert atomic.clean_temporaries(tmp_path) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_files_are_readable_by_others(tmp_path: Path) -> None:
+    p = tmp_path / "shared.json"
+    atomic.write_json(p, {"a": 1})
+    assert p.stat().st_mode & 0o777 == 0o644
