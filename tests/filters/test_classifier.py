@@ -57,10 +57,13 @@ def _dataset(
 def trained() -> tuple[TrainResult, tuple[list[dict[str, float]], list[int], list[str], list[str]]]:
     data = _dataset(range(0, 4), clips=2)
     X, labels, groups, kinds = data
-    # three middle ratings from one extra video: must be dropped as in the paper
+    # three middle ratings from one extra video: must be dropped as in the paper; and a re-encode
+    # of gameplay labelled bad as a duplicate: not a content label, left out
     mid = [compute_features(make_clip("gameplay", 900, c)) for c in range(3)]
+    dup = [compute_features(make_clip("gameplay", 0, c)) for c in range(2)]
     result = train_classifier(
-        X + mid, labels + [3, 2, 4], groups + ["mid"] * 3, kinds + ["gameplay"] * 3,
+        X + mid + dup, labels + [3, 2, 4, 1, 1], groups + ["mid"] * 3 + ["dup"] * 2,
+        kinds + ["gameplay"] * 3 + ["duplicate"] * 2,
         target_precision=TARGET, seed=0, families=("logreg", "random_forest", "svm_rbf"),
         n_splits=3,
     )  # fmt: skip
@@ -70,6 +73,7 @@ def trained() -> tuple[TrainResult, tuple[list[dict[str, float]], list[int], lis
 def test_training_report_and_threshold(trained: tuple[TrainResult, tuple]) -> None:
     result, (X, labels, groups, kinds) = trained
     assert result.counts["dropped_middle"] == 3
+    assert result.counts["excluded_kind"] == 2
     assert result.counts["good"] == 24 and result.counts["bad"] == 64
     assert {s.family for s in result.families} == {"logreg", "random_forest", "svm_rbf"}
     assert result.family == max(result.families, key=lambda s: s.average_precision).family
