@@ -4,6 +4,7 @@ on synthetic clips of each kind."""
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from filters import features as features_module
 from filters.features import FEATURE_NAMES, FEATURE_VERSION, compute_features
 from tests.filters.synthetic import KINDS, make_clip
 
@@ -29,6 +31,9 @@ def test_contract_names_finite_deterministic(feats: dict[str, dict[str, float]])
         assert all(type(v) is float and np.isfinite(v) for v in f.values()), kind
     again = compute_features(make_clip("gameplay", 3))
     assert again == feats["gameplay"]  # bit-identical, not approximately equal
+    # every feature is documented in the module docstring's table
+    documented = set(re.findall(r"^([a-z0-9_]+) {2,}", features_module.__doc__ or "", re.M))
+    assert set(FEATURE_NAMES) <= documented
 
 
 def test_rejects_bad_input() -> None:
