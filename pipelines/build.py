@@ -269,7 +269,9 @@ def cut_video_stage(
         audit.row(**_base(c, run_id), step="probe", decision="keep", reason="ok", extra=pinfo)
     )
     try:
-        report = cut_video(path, c.video_id, layout.clips(c.video_id), cfg.clip, features_fn)
+        report = cut_video(
+            path, c.video_id, layout.clips(c.video_id), cfg.clip, features_fn, aspect=pr.aspect
+        )
     except Exception as exc:  # a bad file must not stop the batch: the error becomes its row
         log.warning("clip failed for %s: %s", c.video_id, exc)
         rows.append(

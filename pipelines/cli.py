@@ -245,12 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="output folder")
     m.add_argument("--size", choices=("tiny", "small"), default="small")
     m.set_defaults(fn=cmd_sample_make)
-    try:
-        from pipelines.cli_genie import register as register_genie
-    except ImportError:  # the model commands are optional until their module exists
-        register_genie = None
-    if register_genie is not None:
-        register_genie(sub)
+    from pipelines.cli_genie import register as register_genie
+
+    register_genie(sub)
     return p
 
 

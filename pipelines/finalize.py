@@ -110,8 +110,12 @@ def _dedup(clips: Sequence[Mapping[str, Any]], max_bits: int) -> dict[str, str]:
     kept: list[tuple[str, str]] = []  # (clip_id, signature) of clips that are not duplicates
     for cl in clips:
         cid = cl["clip_id"]
-        if cl["sha256"] in by_sha:
-            dup_of[cid] = by_sha[cl["sha256"]]
+        # the decoded frames' hash finds exact copies however they were encoded; the mp4 hash
+        # finds byte-identical files
+        keys = [k for k in (cl.get("content_sha256"), cl["sha256"]) if k]
+        hit = next((by_sha[k] for k in keys if k in by_sha), None)
+        if hit is not None:
+            dup_of[cid] = hit
             continue
         # O(n) per clip; fine for a sample corpus, a banded index is the way at crawl scale.
         near = next(
@@ -120,7 +124,8 @@ def _dedup(clips: Sequence[Mapping[str, Any]], max_bits: int) -> dict[str, str]:
         if near is not None:
             dup_of[cid] = near
             continue
-        by_sha[cl["sha256"]] = cid
+        for k in keys:
+            by_sha[k] = cid
         kept.append((cid, cl["signature"]))
     return dup_of
 
@@ -308,6 +313,7 @@ def finalize(
         threshold=threshold,
         sources_hash=resolved.sources_hash,
         counts=counts,
+        tools=_tools(),
     )
     path = write_manifest(layout.root, manifest)
     remove_stale_shards(layout.root, cfg.dataset, {s.path for s in shards})
@@ -321,6 +327,14 @@ def finalize(
     return BuildSummary(
         run_id, version, len(recs), len(clips), len(samples), len(shards), str(path), counts
     )
+
+
+def _tools() -> dict[str, str]:
+    import yt_dlp.version
+
+    from pipelines.ffmpeg_io import ffmpeg_version
+
+    return {"ffmpeg": ffmpeg_version(), "yt_dlp": yt_dlp.version.__version__}
 
 
 def _shard_index(shards: Sequence[Any], samples: Sequence[ShardSample]) -> dict[str, str]:

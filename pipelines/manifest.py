@@ -61,8 +61,13 @@ def build_manifest(
     threshold: float | None,
     sources_hash: str,
     counts: Mapping[str, Mapping[str, Mapping[str, int]]],
+    tools: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The manifest as a plain dict; ``counts`` is step -> decision -> reason -> count."""
+    """The manifest as a plain dict; ``counts`` is step -> decision -> reason -> count.
+
+    ``tools`` records the versions that shaped the bytes (ffmpeg/x264, yt-dlp): clip files, and so
+    their hashes, are reproducible only with the same builds.
+    """
     return {
         "format": FORMAT_VERSION,
         "dataset": dataset,
@@ -73,7 +78,10 @@ def build_manifest(
         "feature_version": feature_version,
         "classifier": {"version": model_version, "threshold": threshold},
         "sources_hash": sources_hash,
-        "counts": {s: {d: dict(sorted(r.items())) for d, r in v.items()} for s, v in counts.items()},
+        "counts": {
+            s: {d: dict(sorted(r.items())) for d, r in v.items()} for s, v in counts.items()
+        },
+        "tools": dict(tools or {}),
     }
 
 

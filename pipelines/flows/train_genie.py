@@ -27,14 +27,20 @@ GPU_TAG = "gpu"
 def _code_version() -> str:
     try:
         out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10, check=True
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def _torchrun(stage: str, data: str, run: str, preset: str, steps: int, nproc: int) -> dict[str, Any]:
+def _torchrun(
+    stage: str, data: str, run: str, preset: str, steps: int, nproc: int
+) -> dict[str, Any]:
     """Run one stage under torchrun on this node; rank 0 prints the StageResult as JSON last."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -47,7 +53,9 @@ def _torchrun(stage: str, data: str, run: str, preset: str, steps: int, nproc: i
     return result
 
 
-def _run_stage(stage: str, data: str, run: str, preset: str, steps: int, nproc: int) -> dict[str, Any]:
+def _run_stage(
+    stage: str, data: str, run: str, preset: str, steps: int, nproc: int
+) -> dict[str, Any]:
     from dataclasses import asdict
 
     from genie import stages
@@ -58,7 +66,9 @@ def _run_stage(stage: str, data: str, run: str, preset: str, steps: int, nproc: 
     return asdict(fn(data, run, preset, steps))
 
 
-@task(name="train-tokenizer", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(
+    name="train-tokenizer", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE
+)
 def tokenizer_task(data: str, run: str, preset: str, steps: int, nproc: int) -> dict[str, Any]:
     return _run_stage("tokenizer", data, run, preset, steps, nproc)
 
@@ -68,7 +78,9 @@ def lam_task(data: str, run: str, preset: str, steps: int, nproc: int) -> dict[s
     return _run_stage("lam", data, run, preset, steps, nproc)
 
 
-@task(name="tokenize-shards", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(
+    name="tokenize-shards", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE
+)
 def tokenize_task(data: str, run: str, preset: str) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -77,7 +89,9 @@ def tokenize_task(data: str, run: str, preset: str) -> dict[str, Any]:
     return asdict(stages.tokenize(data, run, preset))
 
 
-@task(name="train-dynamics", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(
+    name="train-dynamics", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE
+)
 def dynamics_task(run: str, preset: str, steps: int, nproc: int) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -151,22 +165,46 @@ def train_genie(
     # Parallel where the paper's staging allows it: the tokenizer and the LAM share no inputs.
     tok = tokenizer_task.submit(data, run, preset, tokenizer_steps, nproc)
     lam = lam_task.submit(data, run, preset, lam_steps, nproc)
-    tokens = tokenize_task.submit(data, run, preset, wait_for=[tok, lam])
-    dyn = dynamics_task.submit(run, preset, dynamics_steps, nproc, wait_for=[tokens])
-    ev = evaluate_task.submit(run, data, eval_clips, maskgit_steps, wait_for=[dyn])
-    results = {"tokenizer": tok.result(), "lam": lam.result(), "tokenize": tokens.result(), "dynamics": dyn.result()}
+    tokens = tokenize_task.submit(data, run, preset, wait_for=[tok, lam])  # type: ignore[call-overload]
+    dyn = dynamics_task.submit(run, preset, dynamics_steps, nproc, wait_for=[tokens])  # type: ignore[call-overload]
+    ev = evaluate_task.submit(run, data, eval_clips, maskgit_steps, wait_for=[dyn])  # type: ignore[call-overload]
+    results = {
+        "tokenizer": tok.result(),
+        "lam": lam.result(),
+        "tokenize": tokens.result(),
+        "dynamics": dyn.result(),
+    }
     metrics = ev.result()
     steps = {"tokenizer": tokenizer_steps, "lam": lam_steps, "dynamics": dynamics_steps}
     lineage = lineage_of(data, preset, steps)
     card = card_task(run, lineage | {"stages": results, "eval": metrics})
     skipped = [s for s, r in results.items() if r.get("skipped")]
     log.info("train-genie done: %s (skipped: %s)", card, ", ".join(skipped) or "none")
-    table = [{"stage": s, "skipped": r.get("skipped"), "steps": r.get("steps"), "seconds": r.get("seconds")} for s, r in results.items()]
+    table = [
+        {
+            "stage": s,
+            "skipped": r.get("skipped"),
+            "steps": r.get("steps"),
+            "seconds": r.get("seconds"),
+        }
+        for s, r in results.items()
+    ]
     create_table_artifact(key="train-genie-stages", table=table, description=f"run {run}")
     create_table_artifact(
         key="train-genie-eval",
-        table=[{"metric": k, "value": v} for k, v in metrics.items() if isinstance(v, (int, float)) or v is None],
+        table=[
+            {"metric": k, "value": v}
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) or v is None
+        ],
         description="held-out evaluation",
     )
     create_markdown_artifact(key="train-genie-model-card", markdown=Path(card).read_text())
-    return {"run": run, "card": card, "skipped": skipped, "eval": metrics, "lineage": lineage, "pid": os.getpid()}
+    return {
+        "run": run,
+        "card": card,
+        "skipped": skipped,
+        "eval": metrics,
+        "lineage": lineage,
+        "pid": os.getpid(),
+    }

@@ -12,8 +12,8 @@ from pipelines.shard import (
     ShardSample,
     plan_shards,
     remove_stale_shards,
-    shard_plan_digests,
     sha256_file,
+    shard_plan_digests,
     write_shards,
 )
 
