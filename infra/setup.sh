@@ -11,6 +11,15 @@ if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; 
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
 fi
 
+# Headless Chromium for the play page's browser tests (Playwright drives Debian's build; it never
+# downloads a browser of its own). GENIE_NO_BROWSER=1 skips it (those tests then skip, saying why).
+if [ -z "${GENIE_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (Debian package, for the browser tests)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
