@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -93,20 +93,23 @@ class StageChanged(RuntimeError):
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """$GENIE_CODE_VERSION, else `git describe --always --dirty --tags` of this checkout, else the
-    installed package version. Cached per process, so a run is not split by a concurrent commit."""
+    """Version of the model code: $GENIE_CODE_VERSION, else `git describe --always --tags` of the
+    last commit that touched genie/ (+ "-dirty" when genie/ has uncommitted changes), else the
+    installed package version. Commits elsewhere in the repo (pipelines, docs) do not change it.
+    Cached per process, so one run is never split by a concurrent commit."""
     if os.environ.get("GENIE_CODE_VERSION"):
         return os.environ["GENIE_CODE_VERSION"]
+    pkg = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=pkg, capture_output=True, text=True, timeout=20, check=True
+        ).stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--tags"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        )
-        return out.stdout.strip()
+        last = git("log", "-1", "--format=%H", "--", ".")
+        described = git("describe", "--always", "--tags", last) if last else "uncommitted"
+        return described + ("-dirty" if git("status", "--porcelain", "--", ".") else "")
     except (OSError, subprocess.SubprocessError):
         from importlib.metadata import PackageNotFoundError, version
 
@@ -294,6 +297,12 @@ def _fit(
     run_dir: Path,
     meta: dict[str, Any],
 ) -> tuple[dict[str, float], str | None]:
+    found = ckpt.list_checkpoints(run_dir / tcfg.stage)
+    if found and found[-1][0] > tcfg.steps:  # an interrupted longer run of the same inputs
+        raise StageChanged(
+            f"{run_dir / tcfg.stage} has a checkpoint at step {found[-1][0]} > steps {tcfg.steps}: "
+            "ask for at least that many steps, or use another run dir"
+        )
     trainer = Trainer(model, loader, tcfg, run_dir, meta=meta)
     try:
         metrics = trainer.fit()
@@ -455,7 +464,8 @@ def tokenize(
     def work(folder: Path) -> tuple[dict[str, float], str | None]:
         dist = gdist.current()
         models = load_models(run, cfg, dist.device, ("tokenizer", "lam"))
-        tok, lam = models["tokenizer"], models["lam"]
+        tok = cast(VideoTokenizer, models["tokenizer"])
+        lam = cast(LatentActionModel, models["lam"])
         chunk = cfg.tokenizer.max_frames
 
         @torch.no_grad()
@@ -466,7 +476,7 @@ def tokenize(
                                      for s in range(0, T, chunk)], dim=1)  # fmt: skip
             return {"tokens": tokens_BTHW, "actions": lam.frame_actions(x_BTCHW)}
 
-        kw = dict(
+        kw: dict[str, Any] = dict(
             encoder_id=_hash(inputs["upstream"]),
             chunk=None,
             overlap=0,
@@ -566,7 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m genie.stages", description=__doc__.split("\n")[0])
     p.add_argument("stage", choices=sorted(STAGES))
     p.add_argument("--data", help="build-dataset folder (manifest.json + shards/)")
-    p.add_argument("--run", required=True, help="run folder")
+    # --run-dir under torchrun: its own parser rejects --run as ambiguous (--run-path)
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="run folder")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per rank")

@@ -1,0 +1,154 @@
+"""genie.stages / evaluate / card end to end on the tiny preset: two 1-clip shards, a few steps each."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+
+from genie import checkpoint as ckpt
+from genie import stages as S
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny ops on a shared, busy machine: intra-op threads only add contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_shards(root: Path, n_shards: int = 2) -> Path:
+    """A build-dataset folder: shards/test-{i:06d}.tar with one 16 s 160x90 10 FPS clip each."""
+    clips = root / "clips"
+    clips.mkdir(parents=True)
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=10",
+         "-t", str(16 * n_shards), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt",
+         "yuv420p", "-g", "160", "-keyint_min", "160", "-sc_threshold", "0", "-f", "segment",
+         "-segment_time", "16", "-reset_timestamps", "1", str(clips / "c%03d.mp4")],
+        check=True)  # fmt: skip
+    (root / "shards").mkdir()
+    entries = []
+    for i in range(n_shards):
+        rel = f"shards/test-{i:06d}.tar"
+        clip_id = f"vid{i}_{i * 16000:08d}"
+        meta = {"clip_id": clip_id, "video_id": f"vid{i}", "source_url": "test://", "start_s": 0.0,
+                "fps": 10, "width": 160, "height": 90, "n_frames": 160, "features": {},
+                "score": 1.0}  # fmt: skip
+        with wds.TarWriter(str(root / rel)) as sink:
+            sink.write(
+                {
+                    "__key__": clip_id,
+                    "mp4": (clips / f"c{i:03d}.mp4").read_bytes(),
+                    "json": json.dumps(meta).encode(),
+                }
+            )
+        sha = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+        entries.append({"path": rel, "n_samples": 1, "sha256": sha})
+    (root / "manifest.json").write_text(json.dumps({"version": "v-stages", "shards": entries}))
+    return root
+
+
+KW = dict(batch_size=2, num_workers=0, overrides={"log_every": 1})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Tokenizer + LAM + tokenize + dynamics (2 steps, 'killed' before its marker, then 4)."""
+    data = make_shards(tmp_path_factory.mktemp("data"))
+    run_dir = tmp_path_factory.mktemp("run")
+    res = {"data": data, "run": run_dir}
+    res["tokenizer"] = S.train_tokenizer(data, run_dir, "tiny", 3, **KW)
+    res["lam"] = S.train_lam(data, run_dir, "tiny", 3, **KW)
+    res["tokenize"] = S.tokenize(data, run_dir, "tiny")
+    res["dyn2"] = S.train_dynamics(run_dir, "tiny", 2, **KW)
+    (run_dir / "dynamics" / "DONE.json").unlink()  # killed after its checkpoint, before DONE
+    res["dynamics"] = S.train_dynamics(run_dir, "tiny", 4, **KW)
+    return res
+
+
+def test_stages_write_checkpoints_markers_and_tokens(run: dict) -> None:
+    for stage in ("tokenizer", "lam", "tokenize", "dynamics"):
+        r = run[stage]
+        done = S.read_marker(run["run"], stage)
+        assert done is not None and done["fingerprint"] == r.fingerprint and not r.skipped
+        assert done["inputs"]["code_version"] == S.code_version()
+        json.dumps(r.to_dict())  # JSON-able
+    assert (
+        run["tokenizer"].steps == 3 and Path(run["tokenizer"].checkpoint).name == "step_0000003.pt"
+    )
+    assert math.isfinite(run["tokenizer"].metrics["loss"]) and "psnr" in run["tokenizer"].metrics
+    assert run["lam"].inputs["dataset_version"] == "v-stages"
+    # the tokenize fingerprint depends on both trained models
+    assert set(run["tokenize"].inputs["upstream"]) == {"tokenizer", "lam"}
+    manifest = json.loads((run["run"] / "tokens" / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 2 and run["tokenize"].metrics["clips"] == 2
+    import genie.data as D
+
+    batch = next(iter(D.eval_token_batches(run["run"] / "tokens", D.VideoDataConfig(frames=16))))
+    assert batch["tokens"].shape[1:] == (16, 8, 8)  # tiny 32x32, patch 4
+    assert batch["actions"].shape[1] == 16 and int(batch["actions"].max()) < 4
+
+
+def test_second_call_is_skipped(run: dict) -> None:
+    before = ckpt.list_checkpoints(run["run"] / "tokenizer")
+    again = S.train_tokenizer(run["data"], run["run"], "tiny", 3, **KW)
+    assert again.skipped and again.fingerprint == run["tokenizer"].fingerprint
+    assert ckpt.list_checkpoints(run["run"] / "tokenizer") == before
+    assert S.train_dynamics(run["run"], "tiny", 4, **KW).skipped
+    assert S.tokenize(run["data"], run["run"], "tiny").skipped
+
+
+def test_killed_dynamics_resumes_from_newest_checkpoint(run: dict) -> None:
+    assert run["dyn2"].steps == 2 and run["dynamics"].steps == 4
+    rows = [
+        json.loads(x) for x in (run["run"] / "dynamics" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # continued from 2, not restarted
+    assert Path(run["dynamics"].checkpoint).name == "step_0000004.pt"
+
+
+def test_changed_inputs_refuse_or_rerun(run: dict, tmp_path: Path) -> None:
+    with pytest.raises(S.StageChanged, match="seed"):
+        S.train_tokenizer(run["data"], run["run"], "tiny", 3, **{**KW, "seed": 1})
+    r1 = S.train_lam(run["data"], tmp_path, "tiny", 1, **KW)
+    r2 = S.train_lam(run["data"], tmp_path, "tiny", 1, **{**KW, "seed": 1}, on_change="rerun")
+    assert r1.fingerprint != r2.fingerprint and not r2.skipped
+    assert len(list(tmp_path.glob("lam.superseded-*"))) == 1
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        S.tokenize(run["data"], tmp_path, "tiny")
+
+
+def test_evaluate_and_card(run: dict) -> None:
+    from genie.card import write_model_card
+    from genie.evaluate import evaluate
+
+    m = evaluate(run["run"], run["data"], n_clips=2, steps=2, horizon=5)
+    saved = json.loads((run["run"] / "eval" / "metrics.json").read_text())
+    assert saved["psnr"] == pytest.approx(m["psnr"])
+    assert math.isfinite(m["psnr"]) and 0.0 < m["psnr"] < 100 and -1 <= m["ssim"] <= 1
+    assert isinstance(m["delta_psnr"], float) and m["delta_psnr_t"] == 4
+    assert len(m["rollout_psnr_inferred"]) == 5 and 0 < m["lam_usage"] <= 1
+    assert m["fvd"] is None and "I3D" in m["fvd_reason"]
+    html = (run["run"] / "eval" / "report.html").read_text()
+    gif = html.split('src="data:image/gif;base64,')[1].split('"')[0]
+    assert base64.b64decode(gif)[:6] in (b"GIF87a", b"GIF89a")
+    assert "data:image/png;base64," in html
+
+    lineage = {"dataset_version": "v-stages", "sources_hash": "abc", "classifier_version": "clf-1"}
+    path = write_model_card(run["run"], lineage)
+    card = json.loads((run["run"] / "model_card.json").read_text())
+    assert path.name == "MODEL_CARD.md" and "clf-1" in path.read_text()
+    assert card["lineage"]["sources_hash"] == "abc" and card["lineage"]["code_version"]
+    assert card["lineage"]["presets"] == {"tokenizer": "tiny", "lam": "tiny", "dynamics": "tiny"}
+    assert card["stages"]["dynamics"]["steps"] == 4 and card["parameters"]["total"] > 0
+    assert card["eval"]["psnr"] == pytest.approx(m["psnr"])
