@@ -77,7 +77,7 @@ def write_model_card(run_dir: str | Path, lineage: dict[str, Any]) -> Path:
     full.setdefault("presets", {k: v["preset"] for k, v in stages.items() if k != "tokenize"})
     for key in ("sources_hash", "classifier_version"):
         full.setdefault(key, None)
-    cfg = S.config_from_dict(first["inputs"]["genie_config"])
+    cfg = S.config_from_dict(first["genie_config"])
     eval_path = run / "eval" / "metrics.json"
     ev = json.loads(eval_path.read_text()) if eval_path.is_file() else None
     card = {
@@ -89,7 +89,7 @@ def write_model_card(run_dir: str | Path, lineage: dict[str, Any]) -> Path:
         "intended_use": INTENDED_USE,
         "limits": LIMITS,
     }
-    S._write_json(run / "model_card.json", card)
+    S.write_json(run / "model_card.json", card)
     md = run / "MODEL_CARD.md"
     md.write_text(_markdown(card))
     log.info("model card %s", md)

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -88,15 +87,15 @@ def evaluate(
     done = S.read_marker(run, "dynamics")
     if done is None:
         raise FileNotFoundError(f"no {run}/dynamics/DONE.json: train the dynamics stage first")
-    cfg = S.config_from_dict(done["inputs"]["genie_config"])
+    cfg = S.config_from_dict(done["genie_config"])
     if not 1 <= t <= horizon <= cfg.dynamics.max_frames:
         raise ValueError(f"need 1 <= t ({t}) <= horizon ({horizon}) <= {cfg.dynamics.max_frames}")
     models = S.load_models(run, cfg)
     tok = cast(VideoTokenizer, models["tokenizer"])
     lam = cast(LatentActionModel, models["lam"])
     dyn = cast(DynamicsModel, models["dynamics"])
-    vcfg = S._video_cfg(cfg, batch_size, 0, seed)
-    x_all = _windows(data, replace(vcfg, shuffle_buffer=0), n_clips)  # (N, T, C, H', W')
+    vcfg = S.video_config(cfg, batch_size, 0, seed)
+    x_all = _windows(data, vcfg, n_clips)  # (N, T, C, H', W')
     h, w = cfg.tokenizer.height, cfg.tokenizer.width
     rng_actions = torch.Generator().manual_seed(seed)
     psnrs: list[torch.Tensor] = []
@@ -141,7 +140,7 @@ def evaluate(
     out["seconds"] = time.perf_counter() - t0
     eval_dir = run / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
-    S._write_json(eval_dir / "metrics.json", out)
+    S.write_json(eval_dir / "metrics.json", out)
     (eval_dir / "report.html").write_text(_report(out, gt_v, inf_v, rand_v))
     log.info(
         "eval: psnr %.2f ssim %.3f delta_psnr %.3f (%.1f s)",

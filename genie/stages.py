@@ -152,7 +152,7 @@ def read_marker(run_dir: str | Path, stage: str, name: str = "DONE.json") -> dic
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
@@ -170,6 +170,7 @@ def _run(
     steps: int,
     on_change: str,
     work: Callable[[Path], tuple[dict[str, float], str | None]],
+    config: GenieConfig,
 ) -> StageResult:
     """Skip, continue, refuse or re-run one stage (module docstring), then write DONE.json."""
     if on_change not in ("error", "rerun"):
@@ -202,33 +203,18 @@ def _run(
         if done is not None:  # same inputs, more steps: continue from the newest checkpoint
             log.info("%s: continuing from %d to %d steps", stage, done["steps"], steps)
             (folder / "DONE.json").unlink()
-        _write_json(folder / "INPUTS.json", {"identity": identity, "inputs": inputs})
+        record = {"identity": identity, "inputs": inputs, "genie_config": asdict(config)}
+        write_json(folder / "INPUTS.json", record)
     gdist.barrier()
     t0 = time.perf_counter()
     metrics, artefact = work(folder)
-    result = StageResult(
-        stage=stage,
-        run_dir=str(run_dir),
-        stage_dir=str(folder),
-        steps=steps,
-        metrics=metrics,
-        checkpoint=artefact,
-        fingerprint=fp,
-        skipped=False,
-        seconds=time.perf_counter() - t0,
-        inputs=inputs,
-    )
+    result = StageResult(stage=stage, run_dir=str(run_dir), stage_dir=str(folder), steps=steps,
+                         metrics=metrics, checkpoint=artefact, fingerprint=fp, skipped=False,
+                         seconds=time.perf_counter() - t0, inputs=inputs)  # fmt: skip
     if dist.is_main:
-        _write_json(
-            folder / "DONE.json",
-            {
-                "fingerprint": fp,
-                "identity": identity,
-                "steps": steps,
-                "inputs": inputs,
-                "result": result.to_dict(),
-            },
-        )
+        done = {"fingerprint": fp, "identity": identity, "steps": steps, "inputs": inputs,
+                "genie_config": asdict(config), "result": result.to_dict()}  # fmt: skip
+        write_json(folder / "DONE.json", done)
     gdist.barrier()
     return result
 
@@ -278,7 +264,9 @@ def train_config(
     return with_overrides(cfg, **(overrides or {}))
 
 
-def _video_cfg(cfg: GenieConfig, batch_size: int, num_workers: int, seed: int) -> D.VideoDataConfig:
+def video_config(
+    cfg: GenieConfig, batch_size: int, num_workers: int, seed: int
+) -> D.VideoDataConfig:
     t = cfg.tokenizer  # the LAM sees the same frame size (GenieConfig checks it)
     return D.VideoDataConfig(
         batch_size=batch_size,
@@ -314,59 +302,36 @@ def _fit(
     return metrics, None if last is None else str(last)
 
 
+# fmt: off
 def _train_video_stage(
-    stage: str,
-    data: str | Path,
-    run_dir: str | Path,
-    preset: str,
-    steps: int,
-    *,
-    batch_size: int | None,
-    num_workers: int,
-    seed: int,
-    overrides: dict[str, Any] | None,
+    stage: str, data: str | Path, run_dir: str | Path, preset: str, steps: int, *,
+    batch_size: int | None, num_workers: int, seed: int, overrides: dict[str, Any] | None,
     on_change: str,
 ) -> StageResult:
     run = Path(run_dir)
     cfg = genie_config(preset)
     bs = batch_size or DEFAULT_BATCH.get(preset, 8)
     sub = asdict(cfg.tokenizer if stage == "tokenizer" else cfg.lam)
-    inputs = {
-        "dataset_version": dataset_version(data),
-        "preset": preset,
-        "config": sub,
-        "genie_config": asdict(cfg),
-        "batch_size": bs,
-        "seed": seed,
-        "overrides": overrides or {},
-        "upstream": {},
-    }
+    inputs = {"dataset_version": dataset_version(data), "preset": preset, "config": sub,
+              "batch_size": bs, "seed": seed,
+              "overrides": overrides or {}, "upstream": {}}
 
     def work(folder: Path) -> tuple[dict[str, float], str | None]:
         torch.manual_seed(seed)  # identical initial weights on every rank
-        model = (
-            VideoTokenizer(config=cfg.tokenizer)
-            if stage == "tokenizer"
-            else LatentActionModel(config=cfg.lam)
-        )
-        loader = D.video_loader(data, _video_cfg(cfg, bs, num_workers, seed))
+        model = (VideoTokenizer(config=cfg.tokenizer) if stage == "tokenizer"
+                 else LatentActionModel(config=cfg.lam))
+        loader = D.video_loader(data, video_config(cfg, bs, num_workers, seed))
         tcfg = train_config(stage, preset, steps, seed=seed, overrides=overrides)
-        return _fit(model, loader, tcfg, run, {**inputs, "stage": stage})
+        meta = {**inputs, "stage": stage, "genie_config": asdict(cfg)}  # read by genie.play
+        return _fit(model, loader, tcfg, run, meta)
 
-    return _run(stage, run, inputs, steps, on_change, work)
+    return _run(stage, run, inputs, steps, on_change, work, cfg)
 
 
 def train_tokenizer(
-    data: str | Path,
-    run_dir: str | Path,
-    preset: str,
-    steps: int,
-    *,
-    batch_size: int | None = None,
-    num_workers: int = 2,
-    seed: int = 0,
-    overrides: dict[str, Any] | None = None,
-    on_change: str = "error",
+    data: str | Path, run_dir: str | Path, preset: str, steps: int, *,
+    batch_size: int | None = None, num_workers: int = 2, seed: int = 0,
+    overrides: dict[str, Any] | None = None, on_change: str = "error",
 ) -> StageResult:
     """Train the video tokenizer on `data` (a build-dataset folder) into run_dir/tokenizer.
 
@@ -378,45 +343,21 @@ def train_tokenizer(
         overrides: TrainConfig fields (lr, warmup_steps, ckpt_every, ...).
         on_change: "error" or "rerun" when the folder holds work with other inputs.
     """
-    return _train_video_stage(
-        "tokenizer",
-        data,
-        run_dir,
-        preset,
-        steps,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        seed=seed,
-        overrides=overrides,
-        on_change=on_change,
-    )
+    return _train_video_stage("tokenizer", data, run_dir, preset, steps, batch_size=batch_size,
+                              num_workers=num_workers, seed=seed, overrides=overrides,
+                              on_change=on_change)
 
 
 def train_lam(
-    data: str | Path,
-    run_dir: str | Path,
-    preset: str,
-    steps: int,
-    *,
-    batch_size: int | None = None,
-    num_workers: int = 2,
-    seed: int = 0,
-    overrides: dict[str, Any] | None = None,
-    on_change: str = "error",
+    data: str | Path, run_dir: str | Path, preset: str, steps: int, *,
+    batch_size: int | None = None, num_workers: int = 2, seed: int = 0,
+    overrides: dict[str, Any] | None = None, on_change: str = "error",
 ) -> StageResult:
     """Train the latent action model into run_dir/lam (arguments as train_tokenizer)."""
-    return _train_video_stage(
-        "lam",
-        data,
-        run_dir,
-        preset,
-        steps,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        seed=seed,
-        overrides=overrides,
-        on_change=on_change,
-    )
+    return _train_video_stage("lam", data, run_dir, preset, steps, batch_size=batch_size,
+                              num_workers=num_workers, seed=seed, overrides=overrides,
+                              on_change=on_change)
+# fmt: on
 
 
 def load_models(
@@ -457,7 +398,6 @@ def tokenize(
     inputs = {
         "dataset_version": dataset_version(data),
         "preset": preset,
-        "genie_config": asdict(cfg),
         "upstream": _upstream(run, "tokenize", preset),
     }
 
@@ -498,7 +438,7 @@ def tokenize(
             str(folder / "manifest.json"),
         )
 
-    return _run("tokenize", run, inputs, 0, on_change, work)
+    return _run("tokenize", run, inputs, 0, on_change, work, cfg)
 
 
 def train_dynamics(
@@ -521,7 +461,6 @@ def train_dynamics(
         "dataset_version": dataset_version(tokens),
         "preset": preset,
         "config": asdict(cfg.dynamics),
-        "genie_config": asdict(cfg),
         "batch_size": bs,
         "seed": seed,
         "overrides": overrides or {},
@@ -536,9 +475,10 @@ def train_dynamics(
         )
         loader = D.token_loader(tokens, dcfg)
         tcfg = train_config("dynamics", preset, steps, seed=seed, overrides=overrides)
-        return _fit(model, loader, tcfg, run, {**inputs, "stage": "dynamics"})
+        meta = {**inputs, "stage": "dynamics", "genie_config": asdict(cfg)}  # read by genie.play
+        return _fit(model, loader, tcfg, run, meta)
 
-    return _run("dynamics", run, inputs, steps, on_change, work)
+    return _run("dynamics", run, inputs, steps, on_change, work, cfg)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -548,7 +488,7 @@ def train_dynamics(
 def run_stage(
     stage: str,
     *,
-    data: str | None,
+    data: str | Path | None,
     run_dir: str | Path,
     preset: str,
     steps: int | None = None,
