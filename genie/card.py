@@ -97,6 +97,8 @@ def write_model_card(run_dir: str | Path, lineage: dict[str, Any]) -> Path:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
     return f"{v:.4g}" if isinstance(v, float) else "n/a" if v is None else str(v)
 
 

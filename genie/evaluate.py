@@ -32,14 +32,48 @@ import torch
 from PIL import Image
 
 from genie import data as D
+from genie import distributed as gdist
 from genie import metrics as M
 from genie import stages as S
 from genie.dynamics import DynamicsModel
 from genie.lam import LatentActionModel
 from genie.maskgit import rollout
+from genie.presets import GenieConfig
 from genie.tokenizer import VideoTokenizer
 
 log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def _score_batch(
+    x: torch.Tensor,
+    models: dict[str, torch.nn.Module],
+    cfg: GenieConfig,
+    *,
+    horizon: int,
+    steps: int,
+    temperature: float,
+    seed: int,
+    rng_actions: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Reconstruction scores, LAM actions and both rollouts of one batch of windows (B,T,C,H',W')."""
+    tok = cast(VideoTokenizer, models["tokenizer"])
+    lam = cast(LatentActionModel, models["lam"])
+    dyn = cast(DynamicsModel, models["dynamics"])
+    gt = x[..., : cfg.tokenizer.height, : cfg.tokenizer.width]
+    recon = tok.decode(tok.encode(x))
+    out = {"psnr": M.psnr(gt, recon).flatten(), "ssim": M.ssim(gt, recon).flatten(),
+           "actions": lam.infer_actions(x).flatten(), "gt": gt[:, :horizon]}  # fmt: skip
+    prompt = tok.encode(x[:, :1])  # (B, 1, h, w); the tokenizer is causal: same as in context
+    inferred = lam.infer_actions(x[:, :horizon])  # (B, horizon-1)
+    random = torch.randint(cfg.lam.n_codes, inferred.shape, generator=rng_actions)
+    for name, acts in (("inferred", inferred), ("random", random.to(x.device))):
+        # the same sampling noise for both rollouts: only the actions differ
+        rng = torch.Generator(device=x.device).manual_seed(seed + 1)
+        toks = rollout(dyn.logits, prompt, acts, steps=steps, temperature=temperature, rng=rng,
+                       max_context=cfg.dynamics.max_frames)  # fmt: skip
+        out[name] = tok.decode(toks)  # (B, horizon, C, h, w)
+    return out
 
 
 def _windows(data: str | Path, cfg: D.VideoDataConfig, n_clips: int) -> torch.Tensor:
@@ -68,6 +102,7 @@ def evaluate(
     batch_size: int = 4,
     fvd_features: M.FeatureFn | None = None,
     i3d_path: str | Path | None = None,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Evaluate the run's newest tokenizer, LAM and dynamics checkpoints (see the module docstring).
 
@@ -79,6 +114,10 @@ def evaluate(
         temperature: MaskGIT sampling temperature (paper: 2; CoinRun: 1).
         horizon: frames per rollout, prompt included (t <= horizon <= the model's context).
         t: 1-based frame of ΔtPSNR (paper: 4).
+        batch_size: windows per forward pass.
+        fvd_features, i3d_path: the FVD feature network (see genie.metrics.fvd); None and no
+            $GENIE_I3D_PATH: FVD is recorded as null with the reason.
+        device: default CUDA if available, else CPU.
     Returns:
         the metrics dict written to run_dir/eval/metrics.json.
     """
@@ -90,46 +129,25 @@ def evaluate(
     cfg = S.config_from_dict(done["genie_config"])
     if not 1 <= t <= horizon <= cfg.dynamics.max_frames:
         raise ValueError(f"need 1 <= t ({t}) <= horizon ({horizon}) <= {cfg.dynamics.max_frames}")
-    models = S.load_models(run, cfg)
-    tok = cast(VideoTokenizer, models["tokenizer"])
-    lam = cast(LatentActionModel, models["lam"])
-    dyn = cast(DynamicsModel, models["dynamics"])
-    vcfg = S.video_config(cfg, batch_size, 0, seed)
-    x_all = _windows(data, vcfg, n_clips)  # (N, T, C, H', W')
-    h, w = cfg.tokenizer.height, cfg.tokenizer.width
+    dev = torch.device(device) if device is not None else gdist.pick_device()
+    models = S.load_models(run, cfg, dev)
+    x_all = _windows(data, S.video_config(cfg, batch_size, 0, seed), n_clips)  # (N,T,C,H',W')
     rng_actions = torch.Generator().manual_seed(seed)
-    psnrs: list[torch.Tensor] = []
-    ssims: list[torch.Tensor] = []
-    actions: list[torch.Tensor] = []
-    gts: list[torch.Tensor] = []
-    gen_inf: list[torch.Tensor] = []
-    gen_rand: list[torch.Tensor] = []
-    for x in x_all.split(batch_size):
-        gt = x[..., :h, :w]
-        recon = tok.decode(tok.encode(x))
-        psnrs.append(M.psnr(gt, recon).flatten())
-        ssims.append(M.ssim(gt, recon).flatten())
-        actions.append(lam.infer_actions(x).flatten())
-        prompt = tok.encode(x[:, :1])  # (B, 1, h, w); the tokenizer is causal: same as in context
-        inferred = lam.infer_actions(x[:, :horizon])  # (B, horizon-1)
-        random = torch.randint(cfg.lam.n_codes, inferred.shape, generator=rng_actions)
-        for acts, dest in ((inferred, gen_inf), (random, gen_rand)):
-            rng = torch.Generator().manual_seed(seed + 1)  # same sampling noise for both
-            toks = rollout(dyn.logits, prompt, acts, steps=steps, temperature=temperature,
-                           rng=rng, max_context=cfg.dynamics.max_frames)  # fmt: skip
-            dest.append(tok.decode(toks))
-        gts.append(gt[:, :horizon])
-    gt_v, inf_v, rand_v = torch.cat(gts), torch.cat(gen_inf), torch.cat(gen_rand)
-    codes = M.codebook_stats(torch.cat(actions), cfg.lam.n_codes)
+    parts = [_score_batch(x.to(dev), models, cfg, horizon=horizon, steps=steps,
+                          temperature=temperature, seed=seed, rng_actions=rng_actions)
+             for x in x_all.split(batch_size)]  # fmt: skip
+    res = {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
+    gt_v, inf_v, rand_v, actions = res["gt"], res["inferred"], res["random"], res["actions"]
+    codes = M.codebook_stats(actions, cfg.lam.n_codes)
     trained_on = (S.read_marker(run, "tokenizer") or {}).get("inputs", {}).get("dataset_version")
     data_version = S.dataset_version(data)
     out: dict[str, Any] = {
-        "psnr": torch.cat(psnrs).mean().item(), "ssim": torch.cat(ssims).mean().item(),
+        "psnr": res["psnr"].mean().item(), "ssim": res["ssim"].mean().item(),
         "delta_psnr": M.delta_psnr(gt_v, inf_v, rand_v, t=t), "delta_psnr_t": t,
         "rollout_psnr_inferred": M.psnr(gt_v, inf_v).mean(0).tolist(),
         "rollout_psnr_random": M.psnr(gt_v, rand_v).mean(0).tolist(),
         "lam_usage": codes["usage"], "lam_perplexity": codes["perplexity"],
-        "lam_action_counts": torch.bincount(torch.cat(actions), minlength=cfg.lam.n_codes).tolist(),
+        "lam_action_counts": torch.bincount(actions, minlength=cfg.lam.n_codes).tolist(),
         **_fvd(gt_v, inf_v, fvd_features, i3d_path),
         "n_clips": int(x_all.shape[0]), "maskgit_steps": steps, "temperature": temperature,
         "horizon": horizon, "seed": seed, "data_version": data_version,
