@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -152,10 +153,22 @@ def read_marker(run_dir: str | Path, stage: str, name: str = "DONE.json") -> dic
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _finite(obj: Any) -> Any:
+    """NaN/inf -> None, recursively: strict JSON (browsers, jq) has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write (temporary file + rename); non-finite floats become null."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(json.dumps(_finite(obj), indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
 
 
@@ -185,8 +198,9 @@ def _run(
         return StageResult(**{**done["result"], "skipped": True, "seconds": 0.0})
     prev = done or started
     if prev is not None and (prev["identity"] != identity or (done and done["steps"] > steps)):
-        why = _changed_fields(prev["inputs"], inputs) or [
-            f"steps {done and done['steps']} > {steps}"
+        as_read = json.loads(json.dumps(_finite(inputs), default=str))  # as stored: tuples -> lists
+        why = _changed_fields(prev["inputs"], as_read) or [
+            f"steps: {steps} < {done and done['steps']} done"
         ]
         if on_change == "error":
             raise StageChanged(

@@ -65,7 +65,7 @@ KW = dict(batch_size=2, num_workers=0, overrides={"log_every": 1})
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Tokenizer + LAM + tokenize + dynamics (2 steps, 'killed' before its marker, then 4)."""
+    """Tokenizer + LAM + tokenize + dynamics (2 steps, then 3, 'killed' before its marker, then 4)."""
     data = make_shards(tmp_path_factory.mktemp("data"))
     run_dir = tmp_path_factory.mktemp("run")
     res = {"data": data, "run": run_dir}
@@ -73,6 +73,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     res["lam"] = S.train_lam(data, run_dir, "tiny", 3, **KW)
     res["tokenize"] = S.tokenize(data, run_dir, "tiny")
     res["dyn2"] = S.train_dynamics(run_dir, "tiny", 2, **KW)
+    res["dyn3"] = S.train_dynamics(run_dir, "tiny", 3, **KW)  # done at 2: more steps continue
     (run_dir / "dynamics" / "DONE.json").unlink()  # killed after its checkpoint, before DONE
     res["dynamics"] = S.train_dynamics(run_dir, "tiny", 4, **KW)
     return res
@@ -111,11 +112,12 @@ def test_second_call_is_skipped(run: dict) -> None:
 
 
 def test_killed_dynamics_resumes_from_newest_checkpoint(run: dict) -> None:
-    assert run["dyn2"].steps == 2 and run["dynamics"].steps == 4
+    assert (run["dyn2"].steps, run["dyn3"].steps, run["dynamics"].steps) == (2, 3, 4)
+    assert run["dyn3"].fingerprint != run["dyn2"].fingerprint
     rows = [
         json.loads(x) for x in (run["run"] / "dynamics" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # continued from 2, not restarted
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # continued from 2 and 3, never restarted
     assert Path(run["dynamics"].checkpoint).name == "step_0000004.pt"
     # genie.play rebuilds the models from the dynamics checkpoint's sidecar
     side = json.loads(ckpt.sidecar_path(run["dynamics"].checkpoint).read_text())
@@ -125,6 +127,8 @@ def test_killed_dynamics_resumes_from_newest_checkpoint(run: dict) -> None:
 def test_changed_inputs_refuse_or_rerun(run: dict, tmp_path: Path) -> None:
     with pytest.raises(S.StageChanged, match="seed"):
         S.train_tokenizer(run["data"], run["run"], "tiny", 3, **{**KW, "seed": 1})
+    with pytest.raises(S.StageChanged, match="steps: 2 < 3 done"):
+        S.train_tokenizer(run["data"], run["run"], "tiny", 2, **KW)
     r1 = S.train_lam(run["data"], tmp_path, "tiny", 1, **KW)
     r2 = S.train_lam(run["data"], tmp_path, "tiny", 1, **{**KW, "seed": 1}, on_change="rerun")
     assert r1.fingerprint != r2.fingerprint and not r2.skipped
