@@ -14,10 +14,15 @@ A job is ``game:seed:seconds[:name]``; the file is ``DIR/{name}.mp4`` (default
 on (game, seed, seconds, fps, size): the level, the game's own randomness and the policy are all
 seeded.
 
-The player: sticky random actions biased to run right and jump, chosen by a look-ahead planner that
-runs a second, non-rendering copy of the game (about 100x faster than rendering) and rejects action
-chunks that die within the look-ahead. Episodes are therefore long, as in a human's gameplay video;
-a death the planner cannot avoid still happens and is a hard cut, which real videos have too.
+The player: sticky random actions chosen by a look-ahead planner that runs a second, non-rendering
+copy of the game (about 100x faster than rendering) and rejects action chunks that die within the
+look-ahead. It plays like a person in a play-through video, not like a speed-runner: each level gets
+a target duration drawn from MIN_LEVEL_S..MAX_LEVEL_S, and until then the player explores (walks
+back and forth under a heading that flips every few seconds, jumps around) and avoids finishing the
+level; after it, the player heads for the goal. A level change (a hard cut: new layout, new
+background) is never allowed in the last MIN_TAIL_S of a video, so a video of at least 2 x 16 s
+with at most one level change still holds two 16 s clips. A death the planner cannot avoid still
+happens, as in real videos.
 """
 
 from __future__ import annotations
@@ -45,17 +50,29 @@ BAND_H = RENDER_SIZE * 9 // 16
 
 # Procgen's 15 combined actions (env.get_combos()): index -> keys.
 LEFT_DOWN, LEFT, LEFT_UP, DOWN, NOOP, UP, RIGHT_DOWN, RIGHT, RIGHT_UP = range(9)
-# Prior over the sticky action; right and right+jump dominate so the player makes progress, the rest
-# keeps the motion varied (a little backtracking, standing, jumping in place).
+# Prior over the sticky action when heading right; right and right+jump dominate so the player makes
+# progress, the rest keeps the motion varied (a little backtracking, standing, jumping in place).
 ACTIONS = np.array([RIGHT, RIGHT_UP, UP, LEFT, LEFT_UP, NOOP, DOWN, RIGHT_DOWN])
 ACTION_P = np.array([0.34, 0.30, 0.10, 0.08, 0.07, 0.05, 0.03, 0.03])
+# Heading left: the same prior, mirrored.
+MIRROR = {RIGHT: LEFT, RIGHT_UP: LEFT_UP, LEFT: RIGHT, LEFT_UP: RIGHT_UP, RIGHT_DOWN: LEFT_DOWN,
+          LEFT_DOWN: RIGHT_DOWN, UP: UP, NOOP: NOOP, DOWN: DOWN}  # fmt: skip
+ACTIONS_LEFT = np.array([MIRROR[int(a)] for a in ACTIONS])
 
 # Planner: commit CHUNK steps at a time when CHUNK + LOOKAHEAD steps from here survive.
 CHUNK = 8
 LOOKAHEAD = 24
 CANDIDATES = 6
-# Undo budget per video: bounds planning time when a level has no way through.
+# Undo budget per video: bounds planning time when a level has no way through (or no way to
+# dawdle without finishing it).
 MAX_BACKTRACKS = 200
+# Pacing, in seconds of video. Real play-through levels last a minute or more; ours last a target
+# drawn per level from MIN_LEVEL_S..MAX_LEVEL_S (Procgen's own limit is 1000 steps, 66 s at 15 FPS).
+MIN_LEVEL_S, MAX_LEVEL_S = 20.0, 45.0
+# No level change in the last MIN_TAIL_S of a video: one 16 s clip of the pipeline fits after it.
+MIN_TAIL_S = 16.0
+# While exploring, the heading (right or left) flips after HEADING_S[0]..HEADING_S[1] seconds.
+HEADING_S = (2.0, 5.0)
 
 PLATFORMERS = ("coinrun", "ninja", "climber", "jumper", "caveflyer")
 
@@ -97,78 +114,126 @@ def make_env(game: str, seed: int, render: bool) -> ProcgenGym3Env:
     )
 
 
-def sticky_actions(rng: np.random.Generator, n: int, first: int) -> list[int]:
-    """``n`` actions where each choice is held for a geometric number of steps (mean ~6)."""
+def sticky_actions(rng: np.random.Generator, n: int, first: int, right: bool = True) -> list[int]:
+    """``n`` actions where each choice is held for a geometric number of steps (mean ~6), drawn
+    from the prior heading right (``right``) or its mirror image."""
+    actions = ACTIONS if right else ACTIONS_LEFT
     out: list[int] = []
     a = first
     while len(out) < n:
         hold = int(rng.geometric(1 / 6))
         out.extend([a] * hold)
-        a = int(rng.choice(ACTIONS, p=ACTION_P))
+        a = int(rng.choice(actions, p=ACTION_P))
     return out[:n]
 
 
-def rollout(env: ProcgenGym3Env, actions: list[int]) -> tuple[int, float, float]:
-    """Play ``actions``; returns (steps before a death or len(actions), reward, motion).
+@dataclass(frozen=True)
+class Outcome:
+    alive: int  # steps played before a death (or the time limit), else len(actions)
+    finished: int | None  # index of the step that completed a level, if one did
+    motion: float  # mean |change| of the 64x64 observation, first to last step
 
-    ``motion`` is the mean absolute change of the 64x64 observation from the first to the last
-    step: the camera follows the agent, so a player stuck against a wall scores near 0.
+
+def rollout(env: ProcgenGym3Env, actions: list[int]) -> Outcome:
+    """Play ``actions`` from the env's current state and say what happened.
+
+    ``motion``: the camera follows the agent, so a player stuck against a wall scores near 0.
     """
-    reward = 0.0
     first_obs: np.ndarray | None = None
     obs_rgb: np.ndarray | None = None
+    finished: int | None = None
     for i, a in enumerate(actions):
         env.act(np.array([a]))
-        rew, obs, first = env.observe()
-        reward += float(rew[0])
+        _, obs, first = env.observe()
         obs_rgb = obs["rgb"][0].astype(np.int16)  # (64, 64, 3)
         if first_obs is None:
             first_obs = obs_rgb
         # ``first`` marks a new episode: a death or the time limit (a finished level does not end
-        # the episode with sequential levels).
+        # the episode with sequential levels; the env says so in its info instead).
         if first[0]:
-            return i, reward, 0.0
+            return Outcome(i, finished, 0.0)
+        if finished is None and env.get_info()[0]["prev_level_complete"]:
+            finished = i
     motion = float(np.abs(obs_rgb - first_obs).mean()) if obs_rgb is not None else 0.0
-    return len(actions), reward, motion
+    return Outcome(len(actions), finished, motion)
 
 
-def plan(game: str, seed: int, n_steps: int) -> list[int]:
+def pacing(game: str, seed: int, n_steps: int, fps: float) -> tuple[np.ndarray, list[int]]:
+    """(heading right? per step, target length in steps of level 0, 1, ...): the exploring
+    player's plan, fixed up front from its own seed so that backtracking cannot change it."""
+    rng = np.random.default_rng([seed, zlib.crc32(game.encode()), 1])
+    heading = np.empty(n_steps + 1, bool)
+    pos, right = 0, True
+    while pos <= n_steps:
+        hold = round(rng.uniform(*HEADING_S) * fps)
+        heading[pos : pos + hold] = right
+        pos, right = pos + hold, not right
+    # At most n_steps / (MIN_LEVEL_S * fps) + 1 levels fit in the video; drawn from their own
+    # generator so that a level's target does not depend on the video's length.
+    level_rng = np.random.default_rng([seed, zlib.crc32(game.encode()), 2])
+    targets = [round(level_rng.uniform(MIN_LEVEL_S, MAX_LEVEL_S) * fps)
+               for _ in range(int(n_steps / (MIN_LEVEL_S * fps)) + 2)]  # fmt: skip
+    return heading, targets
+
+
+@dataclass(frozen=True)
+class _Node:
+    state: object  # the planner env's state before the next chunk
+    level: int  # levels finished so far
+    level_start: int  # step at which the current level began
+
+
+def plan(game: str, seed: int, n_steps: int, fps: float = 15.0) -> list[int]:
     """Choose ``n_steps`` actions with a non-rendering copy of the game and a look-ahead search.
 
     Each chunk tries CANDIDATES sticky action sequences from the same saved state and commits the
-    first CHUNK steps of the best: surviving the look-ahead first, then finishing a level, then
-    moving the camera most (progress through the level rather than standing still).
+    first CHUNK steps of the best: surviving the look-ahead first, then finishing the level only
+    when it is due (its target length reached, and MIN_TAIL_S of video left after it), else not
+    finishing it, then moving the camera most (going somewhere rather than standing still).
     """
     env = make_env(game, seed, render=False)
     rng = np.random.default_rng([seed, zlib.crc32(game.encode())])
-    states = [env.get_state()]  # states[i]: the state before chunks[i]
+    heading, targets = pacing(game, seed, n_steps, fps)
+    tail = round(MIN_TAIL_S * fps)
+    nodes = [_Node(env.get_state(), 0, 0)]  # nodes[i]: where chunks[i] starts
     chunks: list[list[int]] = []
     backtracks = 0
     while len(chunks) * CHUNK < n_steps:
-        start = states[-1]
+        node, step = nodes[-1], len(chunks) * CHUNK
+        due = (step - node.level_start >= targets[node.level]
+               and n_steps - (step + CHUNK + LOOKAHEAD) >= tail)  # fmt: skip
         last = chunks[-1][-1] if chunks else RIGHT
         best: list[int] = []
-        best_key: tuple[int, float, float] = (-1, 0.0, 0.0)
+        best_key: tuple[int, bool, float] = (-1, False, 0.0)
         for _ in range(CANDIDATES):
-            cand = sticky_actions(rng, CHUNK + LOOKAHEAD, last)
-            env.set_state(start)
-            key = rollout(env, cand)
+            # Exploring: follow the heading. Due: go right, where Procgen's goals mostly are.
+            cand = sticky_actions(rng, CHUNK + LOOKAHEAD, last, due or bool(heading[step]))
+            env.set_state(node.state)
+            out = rollout(env, cand)
+            key = (out.alive, (out.finished is not None) == due, out.motion)
             if key > best_key:
                 best, best_key = cand, key
-        if best_key[0] < CHUNK + LOOKAHEAD and chunks and backtracks < MAX_BACKTRACKS:
-            # Every candidate dies: the mistake is probably earlier (already falling into a pit),
-            # so undo the previous chunk and search again from there.
+        bad = best_key[0] < CHUNK + LOOKAHEAD or not best_key[1] and not due
+        if bad and chunks and backtracks < MAX_BACKTRACKS:
+            # Every candidate dies (or finishes the level too early): the mistake is probably
+            # earlier (already falling into a pit, or next to the goal), so undo the previous
+            # chunk and search again from there.
             chunks.pop()
-            states.pop()
+            nodes.pop()
             backtracks += 1
             continue
         # Replay the committed chunk from the saved state so the planner's copy is exactly where
         # the rendering copy will be.
-        env.set_state(start)
+        env.set_state(node.state)
         commit = best[:CHUNK]
-        rollout(env, commit)
+        out = rollout(env, commit)
+        level, level_start = node.level, node.level_start
+        if out.alive < CHUNK:  # an unavoidable death: the level starts again
+            level_start = step + out.alive + 1
+        elif out.finished is not None:
+            level, level_start = min(level + 1, len(targets) - 1), step + out.finished + 1
         chunks.append(commit)
-        states.append(env.get_state())
+        nodes.append(_Node(env.get_state(), level, level_start))
     logger.info("%s seed %d: planned %d steps with %d backtracks", game, seed, n_steps, backtracks)
     return [a for c in chunks for a in c][:n_steps]
 
@@ -193,7 +258,7 @@ def render(job: Job, out_dir: Path, fps: int, width: int, height: int) -> dict[s
     """Render one job to ``out_dir/{name}.mp4`` (written under a temporary name, then renamed)."""
     t0 = time.monotonic()
     n = round(job.seconds * fps)
-    actions = plan(job.game, job.seed, n)
+    actions = plan(job.game, job.seed, n, fps)
     t_plan = time.monotonic() - t0
     env = make_env(job.game, job.seed, render=True)
     final = out_dir / f"{job.name}.mp4"
@@ -202,12 +267,16 @@ def render(job: Job, out_dir: Path, fps: int, width: int, height: int) -> dict[s
     assert proc.stdin is not None
     top = (RENDER_SIZE - BAND_H) // 2
     resets = 0
+    levels: list[float] = []  # times (s) at which a new level began: the true hard cuts
     try:
-        for a in actions:
+        for i, a in enumerate(actions):
             env.act(np.array([a]))
             _, _, first = env.observe()
             resets += int(first[0])
-            frame = env.get_info()[0]["rgb"]  # (512, 512, 3) uint8
+            info = env.get_info()[0]
+            if info["prev_level_complete"]:
+                levels.append(round(i / fps, 2))
+            frame = info["rgb"]  # (512, 512, 3) uint8
             proc.stdin.write(np.ascontiguousarray(frame[top : top + BAND_H]).tobytes())
         proc.stdin.close()
         err = proc.stderr.read() if proc.stderr else b""
@@ -221,7 +290,8 @@ def render(job: Job, out_dir: Path, fps: int, width: int, height: int) -> dict[s
         tmp.unlink(missing_ok=True)
     return {
         "name": job.name, "game": job.game, "seed": job.seed, "frames": n, "fps": fps,
-        "width": width, "height": height, "deaths": resets, "path": str(final),
+        "width": width, "height": height, "deaths": resets, "level_changes_s": levels,
+        "path": str(final),
         "plan_s": round(t_plan, 2), "total_s": round(time.monotonic() - t0, 2),
     }  # fmt: skip
 

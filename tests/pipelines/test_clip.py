@@ -16,9 +16,12 @@ from pipelines.clip import (
     CutDetector,
     CutReport,
     DroppedSpan,
+    FrameScores,
     Span,
     average_hash,
+    colour_histogram,
     cut_video,
+    detect,
     fit_box,
     is_near_duplicate,
     plan_windows,
@@ -44,6 +47,8 @@ def test_config_defaults_and_validation() -> None:
         ClipConfig(max_intro_s=16.0)  # an intro must fit in the window buffer
     with pytest.raises(ValueError):
         ClipConfig(crf=60)
+    with pytest.raises(ValueError):
+        ClipConfig(scene_hist_threshold=1.0)
 
 
 def test_fit_box_keeps_aspect() -> None:
@@ -68,11 +73,12 @@ def test_near_duplicate_signatures() -> None:
 # ---------------------------------------------------------------- cut detection (no ffmpeg)
 
 
-def _flags(moved: list[float], cfg: ClipConfig = CFG, still: float = 5.0) -> list[tuple[bool, bool]]:
+def _flags(moved: list[float], cfg: ClipConfig = CFG, still: float = 5.0,
+           hist: float = 0.9) -> list[tuple[bool, bool]]:  # fmt: skip
     det = CutDetector(cfg)
     out = []
     for i, m in enumerate(moved):
-        out += det.push(None if i == 0 else (still, m))
+        out += det.push(None if i == 0 else FrameScores(still, m, hist))
     out += det.finish()
     assert len(out) == len(moved)  # every frame gets flags, in order
     return out
@@ -94,6 +100,65 @@ def test_fast_camera_motion_is_not_a_cut() -> None:
     # Without the adaptive test (window 0) the absolute threshold alone decides.
     assert [c for c, _ in _flags([0.0, 24, 28, 5], ClipConfig(scene_window=0))] == [
         False, True, True, False]
+
+
+def test_cut_needs_a_colour_change() -> None:
+    calm = [4.0] * 10
+    # The same lone spike as above, but the colours stay (a camera jump): no cut.
+    assert not any(cut for cut, _ in _flags([0.0, *calm, 50.0, *calm], hist=0.3))
+    assert any(cut for cut, _ in _flags([0.0, *calm, 50.0, *calm], hist=0.8))
+    loose = ClipConfig(scene_hist_threshold=0.0)  # the colour test switched off
+    assert any(cut for cut, _ in _flags([0.0, *calm, 50.0, *calm], loose, hist=0.3))
+
+
+def _tiles(seed: int, palette: list[tuple[int, int, int]], h: int = 270, w: int = 480,
+           tile: int = 8) -> np.ndarray:  # fmt: skip
+    """A detailed platformer-like scene: random tiles of a small palette, (h, w, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(palette), (h // tile, w // tile))
+    return np.asarray(palette, np.uint8)[idx].repeat(tile, 0).repeat(tile, 1)
+
+
+SKY = [(90, 150, 230), (70, 130, 210), (200, 200, 210), (120, 90, 60), (60, 160, 60)]
+CAVE = [(30, 20, 40), (90, 40, 40), (160, 110, 40), (20, 60, 70), (200, 60, 120)]
+
+
+def _pan(scene: np.ndarray, xs: list[int], ys: list[int]) -> np.ndarray:
+    """(T, 90, 160, 3) views of ``scene`` with the camera's top-left corner at (xs[t], ys[t])."""
+    return np.stack([scene[y : y + 90, x : x + 160] for x, y in zip(xs, ys, strict=True)])
+
+
+def _cut_frames(frames: np.ndarray) -> list[int]:
+    return [i for i, (cut, _) in enumerate(detect(frames, CFG)) if cut]
+
+
+def test_camera_jump_is_not_a_cut_but_a_scene_change_is() -> None:
+    scene = _tiles(1, SKY)
+    # The camera pans 4 px a frame, then jumps 36 px down and 30 px right in one frame (a player
+    # landing far below, at 10 FPS: beyond the shift search), then pans on.
+    xs = [4 * t for t in range(20)] + [30 + 4 * t for t in range(20, 40)]
+    ys = [40] * 20 + [76] * 20
+    jump = _pan(scene, xs, ys)
+    # The grey tests alone take it for a cut (so the colour test is what saves it)...
+    grey_only = [i for i, (c, _) in enumerate(detect(jump, ClipConfig(scene_hist_threshold=0.0)))
+                 if c]  # fmt: skip
+    assert grey_only == [20]
+    assert _cut_frames(jump) == []
+    # A cut to another scene with other colours (a new level, another video) is still a cut.
+    other = _pan(_tiles(2, CAVE), [4 * t for t in range(20)], [50] * 20)
+    assert _cut_frames(np.concatenate([jump[:20], other])) == [20]
+    # Measured here: histograms of two views of one scene are near, of two scenes far apart.
+    h = [colour_histogram(f, (160, 90, 0, 0)) for f in (jump[19], jump[20], other[0])]
+    assert 0.5 * np.abs(h[0] - h[1]).sum() < 0.2 < 0.9 < 0.5 * np.abs(h[0] - h[2]).sum()
+
+
+def test_fade_is_not_a_cut() -> None:
+    a = _pan(_tiles(1, SKY), [4 * t for t in range(40)], [40] * 40).astype(np.float32)
+    b = _pan(_tiles(2, CAVE), [4 * t for t in range(40)], [50] * 40).astype(np.float32)
+    w = np.clip((np.arange(40) - 15) / 10, 0, 1)[:, None, None, None]  # a 1 s cross-fade
+    assert _cut_frames(((1 - w) * a + w * b).astype(np.uint8)) == []
+    black = np.clip(1 - (np.arange(40) - 10) / 10, 0, 1)[:, None, None, None]  # fade to black
+    assert _cut_frames((black * a).astype(np.uint8)) == []
 
 
 def test_static_flags() -> None:

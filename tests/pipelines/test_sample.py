@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipelines.clip import ClipConfig, cut_video
 from pipelines.sample import KINDS, make_sample_corpus, plan_corpus, write_sources
 from pipelines.sources import load_sources
 
@@ -96,6 +97,26 @@ def test_gameplay_is_real_h264_of_the_planned_length(corpus: Path) -> None:
             assert mean_motion(grey_frames(corpus / items[r["id"]]["file"], fps=2)) > 2.0
         else:
             assert duration < 16
+
+
+def test_gameplay_levels_are_long_and_the_clip_stage_finds_only_their_changes(
+    corpus: Path, tmp_path: Path
+) -> None:
+    items = [i for i in meta(corpus).values() if i["kind"] == "gameplay"]
+    changes = {i["id"]: i["level_changes_s"] for i in items}
+    assert any(changes.values())  # some video moves on to a new level: a true hard cut
+    long_levels = 0
+    for it in items:
+        parts = np.diff([0.0, *changes[it["id"]], it["seconds"]])
+        assert parts.min() >= 16, (it["id"], changes[it["id"]])  # a clip fits around a change
+        long_levels += parts.max() >= 32
+        # The clip stage cuts at the level changes and nowhere else (camera jumps are no cuts).
+        rep = cut_video(corpus / it["file"], it["id"], tmp_path / it["id"], ClipConfig(),
+                        lambda frames: {})  # fmt: skip
+        assert len(rep.cuts_s) == len(changes[it["id"]]), (it["id"], rep.cuts_s)
+        assert all(abs(a - b) <= 0.2 for a, b in zip(rep.cuts_s, changes[it["id"]], strict=True))
+        assert len(rep.clips) >= 2, (it["id"], rep.cuts_s)
+    assert long_levels >= len(items) / 2  # most videos have 32 s or more of one level
 
 
 def test_not_video_and_corrupt_are_undecodable(corpus: Path) -> None:
