@@ -20,9 +20,9 @@ look-ahead. It plays like a person in a play-through video, not like a speed-run
 a target duration drawn from MIN_LEVEL_S..MAX_LEVEL_S, and until then the player explores (walks
 back and forth under a heading that flips every few seconds, jumps around) and avoids finishing the
 level; after it, the player heads for the goal. A level change (a hard cut: new layout, new
-background) is never allowed in the last MIN_TAIL_S of a video, so a video of at least 2 x 16 s
-with at most one level change still holds two 16 s clips. A death the planner cannot avoid still
-happens, as in real videos.
+background) is never allowed in the last MIN_TAIL_S of a video, and levels last MIN_LEVEL_S or more,
+so a 34-50 s video has at most one level change and still holds two 16 s clips. A death the planner
+cannot avoid still happens, as in real videos (none in the sample corpus's current videos).
 """
 
 from __future__ import annotations
