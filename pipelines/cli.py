@@ -152,6 +152,24 @@ def cmd_filter_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_filter_label(a: argparse.Namespace) -> int:
+    from filters.classifier import ClipClassifier, load_default
+    from filters.label import make_server
+
+    data = _need_data(a.data)
+    model = ClipClassifier.load(a.model) if a.model else load_default()
+    srv = make_server(data, Path(a.out), model, host=a.host, port=a.port, limit=a.limit)
+    port = srv.server_address[1]
+    print(f"labelling page: http://{a.host}:{port}/  (ratings go to {a.out}; Ctrl-C to stop)")
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()
+    return 0
+
+
 def cmd_sample_make(a: argparse.Namespace) -> int:
     from pipelines.sample import make_sample_corpus
 
@@ -237,6 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=cmd_filter_train)
+    lb = fi.add_parser(
+        "label", help="a local page to rate clips, least certain first; writes a labels CSV"
+    )
+    lb.add_argument("--data", required=True, help="a build-dataset output folder")
+    lb.add_argument(
+        "--out", required=True, help="the labels CSV to write (existing ratings are kept)"
+    )
+    lb.add_argument(
+        "--model", default=None, help="model to rank clips by uncertainty (default: shipped)"
+    )
+    lb.add_argument("--limit", type=int, default=60, help="clips per page (default 60)")
+    lb.add_argument("--host", default="127.0.0.1")
+    lb.add_argument("--port", type=int, default=8765)
+    lb.set_defaults(fn=cmd_filter_label)
 
     sm = sub.add_parser("sample", help="the offline sample corpus").add_subparsers(
         dest="cmd", required=True, metavar="SUBCOMMAND"
