@@ -6,16 +6,17 @@ then the dynamics model trains on those tokens. Evaluation is `genie.evaluate`.
 
 Every stage lives in `run_dir/{folder}` (tokenizer/, lam/, tokens/, dynamics/) and has two markers:
 - `INPUTS.json`, written when the stage starts: its inputs and their `identity` hash (dataset version,
-  preset and its full config, batch size, frames, seed, overrides, upstream fingerprints, code
-  version; everything except `steps`).
-- `DONE.json`, written last: the inputs, `fingerprint` = hash(identity, steps), and the StageResult.
+  preset and the stage's own model config, batch size, seed, overrides, upstream fingerprints, code
+  version; everything except `steps`), plus the full `genie_config` (recorded, not hashed).
+- `DONE.json`, written last: the same, `fingerprint` = hash(inputs, steps), and the StageResult.
 A call whose fingerprint equals DONE's is skipped (skipped=True, nothing is trained or written).
 A call with the same identity and more steps continues from the newest checkpoint (the Trainer
 resumes; the cosine schedule is stretched to the new length), as does a call after a crash (INPUTS
-without DONE). Any other difference (other data, preset, code version, upstream retrained, or fewer
-steps than done) raises StageChanged naming the fields, unless on_change="rerun": then the old folder
-is moved aside to `{folder}.superseded-{old fingerprint}` and the stage runs in a fresh folder.
-Under torchrun every rank runs the stage; only rank 0 writes markers and moves folders.
+without DONE). Any other difference (other data, preset, code version, upstream retrained, fewer
+steps than done or checkpointed) raises StageChanged naming the fields, unless on_change="rerun":
+then the old folder is moved aside to `{folder}.superseded-{old fingerprint}-{unix time}` and the
+stage runs in a fresh folder. Under torchrun every rank runs the stage; only rank 0 writes markers
+and moves folders.
 """
 
 from __future__ import annotations
