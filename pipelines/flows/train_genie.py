@@ -38,68 +38,73 @@ def _code_version() -> str:
         return "unknown"
 
 
-def _torchrun(
-    stage: str, data: str, run: str, preset: str, steps: int, nproc: int
+def run_stage_process(
+    stage: str, data: str, run: str, preset: str, steps: int | None, nproc: int, on_change: str
 ) -> dict[str, Any]:
-    """Run one stage under torchrun on this node; rank 0 prints the StageResult as JSON last."""
+    """Run one stage in its own process (under torchrun when ``nproc > 1``) and return its result.
+
+    A process per stage keeps the trainer's global RNG seeding and memory to itself, and a crash
+    (an OOM, a killed worker) fails only this task, which then resumes from its newest checkpoint.
+    """
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "genie.stages", stage, "--data", data, "--run", run, "--preset", preset, "--steps", str(steps), "--json",
-    ]  # fmt: skip
+        *launcher,
+        "-m",
+        "genie.stages",
+        stage,
+        "--run-dir",
+        run,
+        "--preset",
+        preset,
+        "--on-change",
+        on_change,
+    ]
+    if data:
+        cmd += ["--data", data]
+    if steps is not None:
+        cmd += ["--steps", str(steps)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"torchrun {stage} failed ({out.returncode}): {out.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"stage {stage} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
+    # rank 0 prints the result as (indented) JSON last: parse from its opening line
+    lines = out.stdout.splitlines()
+    start = max((i for i, line in enumerate(lines) if line == "{"), default=None)
+    if start is None:
+        raise RuntimeError(f"stage {stage} printed no result:\n{out.stdout[-2000:]}")
+    result: dict[str, Any] = json.loads("\n".join(lines[start:]))
     return result
-
-
-def _run_stage(
-    stage: str, data: str, run: str, preset: str, steps: int, nproc: int
-) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from genie import stages
-
-    if nproc > 1:
-        return _torchrun(stage, data, run, preset, steps, nproc)
-    fn = {"tokenizer": stages.train_tokenizer, "lam": stages.train_lam}[stage]
-    return asdict(fn(data, run, preset, steps))
 
 
 @task(
     name="train-tokenizer", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE
 )
-def tokenizer_task(data: str, run: str, preset: str, steps: int, nproc: int) -> dict[str, Any]:
-    return _run_stage("tokenizer", data, run, preset, steps, nproc)
+def tokenizer_task(
+    data: str, run: str, preset: str, steps: int, nproc: int, on_change: str
+) -> dict[str, Any]:
+    return run_stage_process("tokenizer", data, run, preset, steps, nproc, on_change)
 
 
 @task(name="train-lam", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def lam_task(data: str, run: str, preset: str, steps: int, nproc: int) -> dict[str, Any]:
-    return _run_stage("lam", data, run, preset, steps, nproc)
+def lam_task(
+    data: str, run: str, preset: str, steps: int, nproc: int, on_change: str
+) -> dict[str, Any]:
+    return run_stage_process("lam", data, run, preset, steps, nproc, on_change)
 
 
 @task(
     name="tokenize-shards", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE
 )
-def tokenize_task(data: str, run: str, preset: str) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from genie import stages
-
-    return asdict(stages.tokenize(data, run, preset))
+def tokenize_task(data: str, run: str, preset: str, on_change: str) -> dict[str, Any]:
+    return run_stage_process("tokenize", data, run, preset, None, 1, on_change)
 
 
 @task(
     name="train-dynamics", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE
 )
-def dynamics_task(run: str, preset: str, steps: int, nproc: int) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from genie import stages
-
-    if nproc > 1:
-        return _torchrun("dynamics", "", run, preset, steps, nproc)
-    return asdict(stages.train_dynamics(run, preset, steps))
+def dynamics_task(run: str, preset: str, steps: int, nproc: int, on_change: str) -> dict[str, Any]:
+    return run_stage_process("dynamics", "", run, preset, steps, nproc, on_change)
 
 
 @task(name="evaluate", tags=[GPU_TAG], cache_policy=NO_CACHE)
@@ -143,6 +148,7 @@ def train_genie(
     nproc: int = 1,
     eval_clips: int = 4,
     maskgit_steps: int = 8,
+    rerun_changed: bool = False,
 ) -> dict[str, Any]:
     """Train the tokenizer and LAM, tokenize the shards, train dynamics, evaluate, write a card.
 
@@ -156,6 +162,8 @@ def train_genie(
         nproc: processes (GPUs) per stage; above 1 a stage runs under torchrun.
         eval_clips: held-out clips for evaluation.
         maskgit_steps: MaskGIT steps per generated frame in evaluation (the paper uses 25).
+        rerun_changed: a stage whose inputs changed (new dataset version, preset, code) is retrained
+            in a fresh folder (the old one is kept aside); when False such a run stops with an error.
     """
     log = get_run_logger()
     if not (Path(data) / "manifest.json").exists():
@@ -163,10 +171,11 @@ def train_genie(
     run = str(Path(run).resolve())
     data = str(Path(data).resolve())
     # Parallel where the paper's staging allows it: the tokenizer and the LAM share no inputs.
-    tok = tokenizer_task.submit(data, run, preset, tokenizer_steps, nproc)
-    lam = lam_task.submit(data, run, preset, lam_steps, nproc)
-    tokens = tokenize_task.submit(data, run, preset, wait_for=[tok, lam])  # type: ignore[call-overload]
-    dyn = dynamics_task.submit(run, preset, dynamics_steps, nproc, wait_for=[tokens])  # type: ignore[call-overload]
+    oc = "rerun" if rerun_changed else "error"
+    tok = tokenizer_task.submit(data, run, preset, tokenizer_steps, nproc, oc)
+    lam = lam_task.submit(data, run, preset, lam_steps, nproc, oc)
+    tokens = tokenize_task.submit(data, run, preset, oc, wait_for=[tok, lam])  # type: ignore[call-overload]
+    dyn = dynamics_task.submit(run, preset, dynamics_steps, nproc, oc, wait_for=[tokens])  # type: ignore[call-overload]
     ev = evaluate_task.submit(run, data, eval_clips, maskgit_steps, wait_for=[dyn])  # type: ignore[call-overload]
     results = {
         "tokenizer": tok.result(),
