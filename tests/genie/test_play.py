@@ -10,7 +10,11 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -359,4 +363,32 @@ def test_cli_parses(tmp_path: Path) -> None:
     register(p.add_subparsers(dest="group"))
     a = p.parse_args(["play", "--run", str(tmp_path), "--maskgit-steps", "5"])
     assert a.host == "127.0.0.1" and a.port == 0 and a.maskgit_steps == 5 and a.temperature == 2.0
-    assert shutil.which("ffmpeg")
+
+
+CLI_SCRIPT = """
+import argparse, sys
+from pipelines.cli_play import register
+p = argparse.ArgumentParser()
+register(p.add_subparsers(dest="group"))
+a = p.parse_args(sys.argv[1:])
+sys.exit(a.fn(a))
+"""
+
+
+def test_cli_serves_until_ctrl_c(run_dir: Path, dataset: Path) -> None:
+    """`genie play` prints the URL, serves, and exits 0 on SIGINT (Ctrl-C)."""
+    cmd = [sys.executable, "-c", CLI_SCRIPT, "play", "--run", str(run_dir), "--data", str(dataset),
+           "--maskgit-steps", "2"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=root, env=env)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        assert m, line
+        assert call(m.group(1), "/api/info")[1]["maskgit_steps"] == 2
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
