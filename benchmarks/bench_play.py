@@ -74,20 +74,24 @@ def bench(preset: str, steps: int, frames: int, seed: int = 0) -> dict[str, Any]
     inside = [0.0]
     real_logits = dyn.logits
 
-    def timed_logits(*args: torch.Tensor) -> torch.Tensor:
+    def timed_logits(
+        tokens: torch.Tensor, acts: torch.Tensor, m: torch.Tensor | None = None
+    ) -> torch.Tensor:
         t0 = time.perf_counter()
-        out = real_logits(*args)
+        out = real_logits(tokens, acts, m)
         inside[0] += time.perf_counter() - t0
         return out
 
-    bare(), wm.step(0), decode()  # warm-up
+    bare()  # warm-up
+    wm.step(0)
+    decode()
     play_s, bare_s, dec_s, in_step = [], [], [], []
     for i in range(frames):
-        dyn.logits = timed_logits  # type: ignore[method-assign]
+        dyn.logits = timed_logits  # type: ignore[method-assign,assignment]
         inside[0] = 0.0
         play_s.append(_time(lambda i=i: wm.step(i % wm.n_actions)))
         in_step.append(play_s[-1] / inside[0] - 1)
-        dyn.logits = real_logits  # type: ignore[method-assign]
+        dyn.logits = real_logits  # type: ignore[method-assign,assignment]
         bare_s.append(_time(bare))
         dec_s.append(_time(decode))
     p, b, d = (statistics.median(x) for x in (play_s, bare_s, dec_s))

@@ -330,6 +330,24 @@ def dataset_prompts(data: str | Path, limit: int = 24) -> list[Prompt]:
     return out
 
 
+def scene_shift(x_THW: np.ndarray) -> np.ndarray:
+    """Global content shift of each frame relative to the previous one, by phase correlation.
+
+    Args:
+        x_THW: grey frames (T, H, W), float.
+    Returns:
+        (T-1, 2) float: (dy, dx) in whole pixels; dx > 0 = the picture moved right (in a
+        side-scroller, the camera panned left). Black letterbox bars pull it towards 0.
+    """
+    _, H, W = x_THW.shape
+    win = np.outer(np.hanning(H), np.hanning(W))  # damp the wrap-around edges
+    F_T = np.fft.fft2((x_THW - x_THW.mean(axis=(1, 2), keepdims=True)) * win)
+    R_T = F_T[1:] * np.conj(F_T[:-1])
+    r_T = np.fft.ifft2(R_T / (np.abs(R_T) + 1e-9)).real.reshape(len(R_T), -1)
+    dy, dx = np.divmod(r_T.argmax(axis=1), W)
+    return np.stack([np.where(dy > H // 2, dy - H, dy), np.where(dx > W // 2, dx - W, dx)], 1)
+
+
 def _gif_b64(frames: Sequence[np.ndarray], scale: int = 3, ms: int = 250) -> str:
     return base64.b64encode(encode_video(frames, "gif", fps=1000 / ms, scale=scale)).decode()
 
@@ -341,13 +359,15 @@ def action_controls(
 ) -> dict[str, Any]:  # fmt: skip
     """What each latent action tends to do: LAM-labelled transitions over clips of `data`.
 
-    Per action: count and frequency of transitions, mean absolute pixel change, and up to
+    Per action: count and frequency of transitions, mean absolute pixel change, mean scene shift
+    (dy, dx) in pixels (see scene_shift), and up to
     `per_action` example GIFs (the longest runs of that action, up to `max_len` transitions, at most
     one per clip). Clips `skip..skip+n_clips-1` in shard order are used.
     """
     c = lam.config
     dev = next(lam.parameters()).device
     counts, change = np.zeros(c.n_codes, np.int64), np.zeros(c.n_codes)
+    shift = np.zeros((c.n_codes, 2))
     runs: list[list[tuple[int, str, int, int]]] = [[] for _ in range(c.n_codes)]
     frames_by_clip: dict[str, np.ndarray] = {}
     for key, mp4 in _clips(data, n_clips, skip):
@@ -359,6 +379,7 @@ def action_controls(
         diff_T = (x_TCHW[1:] - x_TCHW[:-1]).abs().mean(dim=(1, 2, 3)).numpy()
         np.add.at(counts, a_T, 1)
         np.add.at(change, a_T, diff_T)
+        np.add.at(shift, a_T, scene_shift(x_TCHW.mean(dim=1).numpy().astype(np.float64)))
         frames_by_clip[key] = np.stack([to_uint8(f) for f in x_TCHW])
         start = 0
         for t in range(1, len(a_T) + 1):  # runs of one action
@@ -381,6 +402,7 @@ def action_controls(
             "action": a, "count": int(counts[a]),
             "frequency": float(counts[a] / total) if total else 0.0,
             "mean_change": float(change[a] / counts[a]) if counts[a] else 0.0,
+            "mean_shift": (shift[a] / max(counts[a], 1)).tolist(),  # (dy, dx) px per frame
             "examples": examples,
         })  # fmt: skip
     return {"n_clips": len(frames_by_clip), "n_transitions": total, "actions": actions}

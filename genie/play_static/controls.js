@@ -1,6 +1,12 @@
 // Controls page: polls /api/controls until the LAM statistics are ready, then renders them.
 "use strict";
 
+function shiftText(s) {  // (dy, dx) px per frame: how the picture moves
+  const [dy, dx] = s;
+  const part = (v, pos, neg) => (Math.abs(v) < 0.05 ? "" : `${v > 0 ? pos : neg} ${Math.abs(v).toFixed(1)} `);
+  return (part(dx, "→", "←") + part(dy, "↓", "↑")).trim() || "still";
+}
+
 async function load() {
   const r = await fetch("/api/controls");
   const c = await r.json();
@@ -23,7 +29,8 @@ async function load() {
     const pct = (100 * a.frequency).toFixed(1);
     tr.innerHTML = `<td><b>${a.action + 1}</b></td>` +
       `<td><span class="bar" style="width:${Math.round(2 * pct)}px"></span> ${pct}% (${a.count})</td>` +
-      `<td>${(255 * a.mean_change).toFixed(1)}/255</td><td class="examples"></td>`;
+      `<td>${(255 * a.mean_change).toFixed(1)}/255</td><td>${shiftText(a.mean_shift)}</td>` +
+      `<td class="examples"></td>`;
     const ex = tr.querySelector(".examples");
     if (!a.examples.length) ex.textContent = "never chosen";
     for (const e of a.examples) {

@@ -80,7 +80,7 @@ def prompt_frame(seed: int = 0) -> np.ndarray:
 
 
 def decode_video(data: bytes) -> list[np.ndarray]:
-    with av.open(io.BytesIO(data)) as c:
+    with av.open(io.BytesIO(data), mode="r") as c:
         return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
 
 
@@ -125,7 +125,7 @@ def test_context_is_capped_at_max_frames(run_dir: Path) -> None:
         seen.append((tokens_BTHW.shape[1], actions_BA[0].tolist()))
         return logits(tokens_BTHW, actions_BA, mask)
 
-    wm.dynamics.logits = spy  # type: ignore[method-assign]
+    wm.dynamics.logits = spy  # type: ignore[method-assign,assignment]
     wm.reset(prompt_frame())
     acts = [i % wm.n_actions for i in range(20)]
     for a in acts:
@@ -159,6 +159,14 @@ def test_export_decodes_as_video(run_dir: Path, tmp_path: Path, fmt: str) -> Non
         assert err < 8
 
 
+def test_scene_shift_follows_a_pan() -> None:
+    """Crops of a bigger random picture whose content moves by known offsets."""
+    big = np.random.default_rng(0).random((60, 100))
+    moves = [(0, 0), (0, 3), (2, 3), (2, 1)]  # content offset (dy, dx) of each frame
+    frames = np.stack([big[10 - dy : 40 - dy, 20 - dx : 70 - dx] for dy, dx in moves])
+    assert P.scene_shift(frames).tolist() == [[0, 3], [2, 0], [0, -2]]
+
+
 def test_controls_count_every_transition(run_dir: Path, dataset: Path) -> None:
     lam = P.load_run(run_dir, "cpu")["lam"]
     c = P.action_controls(lam, dataset, n_clips=1, per_action=2)
@@ -167,7 +175,7 @@ def test_controls_count_every_transition(run_dir: Path, dataset: Path) -> None:
     assert len(counts) == lam.config.n_codes and sum(counts) == 159
     assert abs(sum(a["frequency"] for a in c["actions"]) - 1) < 1e-6
     for a in c["actions"]:
-        assert (a["count"] > 0) == bool(a["examples"])
+        assert (a["count"] > 0) == bool(a["examples"]) and len(a["mean_shift"]) == 2
         for e in a["examples"]:
             frames = decode_video(base64.b64decode(e["gif"]))
             assert len(frames) == e["transitions"] + 1 and 1 <= e["transitions"] <= 4
