@@ -278,8 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--size", choices=("tiny", "small"), default="small")
     m.set_defaults(fn=cmd_sample_make)
     from pipelines.cli_genie import register as register_genie
+    from pipelines.cli_play import register as register_play
 
     register_genie(sub)
+    register_play(sub)
     return p
 
 
