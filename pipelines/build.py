@@ -14,11 +14,13 @@ record is written after its clips, and the manifest after its shards.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from filters import audit
-from filters.features import compute_features
+from filters.features import FEATURE_VERSION, compute_features
 from pipelines import atomic, ids
-from pipelines.clip import ClipConfig, cut_video
+from pipelines.clip import ClipConfig, ClipError, cut_video
 from pipelines.download import DownloadConfig, DownloadResult, download
+from pipelines.ffmpeg_io import FFmpegError
 from pipelines.ledger import Ledger
 from pipelines.probe import probe
 from pipelines.resolve import Candidate, Rejection, resolve_entry
@@ -107,6 +110,39 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+# ClipConfig fields that only bound how long a step may take: they never change a clip.
+_NOT_OUTPUT = {"timeout_s", "probe_timeout_s"}
+
+
+def clip_signature(cfg: ClipConfig) -> dict[str, Any]:
+    """What shapes a video's clips and features: recorded in each record and in the manifest."""
+    d = {k: v for k, v in asdict(cfg).items() if k not in _NOT_OUTPUT}
+    d["feature_version"] = FEATURE_VERSION
+    return d
+
+
+def signature_hash(cfg: ClipConfig) -> str:
+    return hashlib.sha256(json.dumps(clip_signature(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def exclusive(root: Path) -> Iterator[None]:
+    """Hold ``root/.build.lock`` for a whole build: two builds on one data root would delete each
+    other's temporary files and race on the run-level state. A second build fails at once."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".build.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another build is running on {root} (it holds {root / '.build.lock'})"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 # ---------------------------------------------------------------------------------------------
 # resolve
 
@@ -168,9 +204,19 @@ def read_record(layout: Layout, vid: str) -> dict[str, Any] | None:
     return rec
 
 
-def is_done(layout: Layout, vid: str, retry_failed: bool = False) -> bool:
+def is_done(
+    layout: Layout, vid: str, retry_failed: bool = False, signature: str | None = None
+) -> bool:
+    """A video is done when its record exists, was made with the same clip config and feature
+    version (``signature``; a change redoes the cut), and is not a failure the caller retries."""
     rec = read_record(layout, vid)
     if rec is None:
+        return False
+    if (
+        signature is not None
+        and rec.get("signature") not in (None, signature)
+        and rec["status"] != "error"
+    ):
         return False
     return not (retry_failed and rec["status"] == "error")
 
@@ -180,7 +226,12 @@ def _base(c: Candidate, run_id: str) -> dict[str, Any]:
 
 
 def _write_record(
-    layout: Layout, c: Candidate, status: str, rows: list[dict[str, Any]], **extra: Any
+    layout: Layout,
+    c: Candidate,
+    status: str,
+    rows: list[dict[str, Any]],
+    signature: str,
+    **extra: Any,
 ) -> dict[str, Any]:
     rec = {
         "video_id": c.video_id,
@@ -189,6 +240,7 @@ def _write_record(
         "title": c.title,  # data only: titles never become file names
         "order": list(c.order),
         "status": status,  # ok | dropped | error
+        "signature": signature,  # clip config + feature version the clips were made with
         "rows": rows,
         **extra,
     }
@@ -205,7 +257,7 @@ def fetch_video(c: Candidate, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
         TransientDownloadError: on a transient failure; no record is written, so it is retried.
     """
     layout = Layout(cfg.out)
-    if is_done(layout, c.video_id, cfg.retry_failed):
+    if is_done(layout, c.video_id, cfg.retry_failed, signature_hash(cfg.clip)):
         return {"done": True}
     result = download(
         c, layout.downloads, cfg.download, layout.archive, ledger=Ledger(layout.ledger)
@@ -222,7 +274,7 @@ def fetch_video(c: Candidate, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
         message=result.message,
         extra={"attempts": result.attempts, "url": c.url},
     )
-    _write_record(layout, c, "error", [row], download=asdict(result))
+    _write_record(layout, c, "error", [row], signature_hash(cfg.clip), download=asdict(result))
     return {"done": True}
 
 
@@ -272,15 +324,16 @@ def cut_video_stage(
         report = cut_video(
             path, c.video_id, layout.clips(c.video_id), cfg.clip, features_fn, aspect=pr.aspect
         )
-    except Exception as exc:  # a bad file must not stop the batch: the error becomes its row
+    except (ClipError, FFmpegError, ValueError) as exc:
+        if isinstance(exc, FFmpegError) and exc.timed_out:
+            raise  # a busy machine, not a bad file: no record, so the next run tries again
+        # A file ffmpeg cannot cut is a property of the file: recorded, and the batch goes on.
+        # (OSError such as a full disk propagates: the flow records it and the next run retries.)
         log.warning("clip failed for %s: %s", c.video_id, exc)
+        reason = "ffmpeg_failed" if isinstance(exc, FFmpegError) else "clip_failed"
         rows.append(
             audit.row(
-                **_base(c, run_id),
-                step="clip",
-                decision="error",
-                reason="ffmpeg_failed",
-                message=str(exc),
+                **_base(c, run_id), step="clip", decision="error", reason=reason, message=str(exc)
             )
         )
         return _finish(layout, c, cfg, "error", rows, path, probe=pinfo)
@@ -327,7 +380,7 @@ def _finish(
     path: Path,
     **extra: Any,
 ) -> dict[str, Any]:
-    rec = _write_record(layout, c, status, rows, **extra)
+    rec = _write_record(layout, c, status, rows, signature_hash(cfg.clip), **extra)
     if not cfg.keep_downloads and path.exists():
         path.unlink()
     return rec

@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--dataset", default="genie", help="dataset name, the shard prefix (default genie)"
     )
+    b.add_argument(
+        "--retry-failed", action="store_true", help="retry videos that failed permanently before"
+    )
     b.set_defaults(fn=cmd_dataset_build)
 
     au = sub.add_parser("audit", help="why clips were kept or dropped").add_subparsers(

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from filters import audit
 from filters.classifier import ClipClassifier, load_default
 from filters.features import FEATURE_VERSION
 from pipelines import atomic
-from pipelines.build import BuildConfig, Layout, Resolved, new_run_id, read_record
+from pipelines.build import BuildConfig, Layout, Resolved, clip_signature, new_run_id, read_record
 from pipelines.clip import is_near_duplicate
 from pipelines.manifest import build_manifest, dataset_version, read_manifest, write_manifest
 from pipelines.shard import ShardSample, remove_stale_shards, shard_plan_digests, write_shards
@@ -289,12 +289,17 @@ def finalize(
                 )
             )
 
-    _write_changed_rows(layout, run_id, rows)
-    counts = _counts(layout)
+    entries = {e.url for e in resolved.entries}
+    videos = {c.video_id for c in resolved.candidates} | {r["video_id"] for r in recs}
+    videos |= {rj.video_id for rj in resolved.rejections if rj.video_id}
+    _write_changed_rows(layout, run_id, rows, videos, entries)
+    counts = _counts(layout, videos, entries)
     mv = None if model is None else model.version
     sha_of = {cl["clip_id"]: cl["sha256"] for _, cl in clips}
-    clip_cfg = asdict(cfg.clip)
+    clip_cfg = clip_signature(cfg.clip)
     version = dataset_version(
+        dataset=cfg.dataset,
+        shard_max_bytes=cfg.shard_max_bytes,
         clip_config=clip_cfg,
         feature_version=FEATURE_VERSION,
         model_version=mv,
@@ -347,19 +352,82 @@ def _shard_index(shards: Sequence[Any], samples: Sequence[ShardSample]) -> dict[
     return out
 
 
-def _write_changed_rows(layout: Layout, run_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Append this run's rows whose decision differs from the last recorded one, then the state."""
+# Run-level steps: decided afresh by every run over the whole dataset.
+_RUN_STEPS = ("resolve", "dedup", "score", "shard")
+
+
+def _leave_rows(
+    state: Mapping[str, str], now: set[str], run_id: str, videos: set[str], entries: set[str]
+) -> list[dict[str, Any]]:
+    """Rows for run-level decisions made before but not by this run: something left the dataset.
+
+    A clip whose last row says it is in a shard and that is not in one now (a higher threshold, a
+    new duplicate, its source removed) gets a row saying so; nothing leaves without a row.
+    """
+    out: list[dict[str, Any]] = []
+    for key in state:
+        if key in now:
+            continue
+        step, vid_s, cid_s, src_s = key.split("|", 3)
+        if step not in _RUN_STEPS:
+            continue
+        vid, cid, src = (None if x == "None" else x for x in (vid_s, cid_s, src_s))
+        gone = (vid not in videos) if vid is not None else (src not in entries)
+        if step == "resolve":
+            decision, reason = ("drop", "source_removed") if gone else ("keep", "ok")
+        elif step == "dedup":
+            decision, reason = ("drop", "source_removed") if gone else ("keep", "unique")
+        elif step == "score":
+            decision, reason = ("drop", "source_removed" if gone else "not_scored")
+        else:
+            decision, reason = ("drop", "source_removed" if gone else "left_dataset")
+        out.append(
+            audit.row(
+                run_id=run_id,
+                step=step,
+                video_id=vid,
+                clip_id=cid,
+                source_url=src,
+                decision=decision,
+                reason=reason,
+            )
+        )
+    return out
+
+
+def _write_changed_rows(
+    layout: Layout,
+    run_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    videos: set[str],
+    entries: set[str],
+) -> None:
+    """Append this run's rows whose decision differs from the last recorded one, then the state.
+
+    The file is named after its rows, so writing it again after a kill is a no-op.
+    """
     state_path = layout.work / "decisions.json"
     state: dict[str, str] = json.loads(state_path.read_text()) if state_path.exists() else {}
-    changed = [dict(r) for r in rows if state.get(_key(r)) != _sig(r)]
+    all_rows = [dict(r) for r in rows]
+    all_rows += _leave_rows(state, {_key(r) for r in all_rows}, run_id, videos, entries)
+    changed = [r for r in all_rows if state.get(_key(r)) != _sig(r)]
     if changed:
-        audit.write_rows(layout.audit / "runs" / f"{run_id}.parquet", changed)
-    state.update({_key(r): _sig(r) for r in rows})
+        digest = hashlib.sha256(
+            json.dumps([_key(r) + _sig(r) for r in changed]).encode()
+        ).hexdigest()[:12]
+        audit.write_rows(layout.audit / "runs" / f"{run_id}-{digest}.parquet", changed)
+    state.update({_key(r): _sig(r) for r in all_rows})
     atomic.write_json(state_path, state)
 
 
-def _counts(layout: Layout) -> dict[str, dict[str, dict[str, int]]]:
+def _counts(
+    layout: Layout, videos: set[str], entries: set[str]
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Counts of the current decisions about the videos and entries the sources name now."""
     out: dict[str, dict[str, dict[str, int]]] = {}
-    for step, decision, reason, n in audit.summary(layout.root):
-        out.setdefault(step, {}).setdefault(decision, {})[reason] = n
-    return out
+    for r in audit.current_rows(layout.root):
+        if (r["video_id"] in videos) if r["video_id"] is not None else (r["source_url"] in entries):
+            by_reason = out.setdefault(r["step"], {}).setdefault(r["decision"], {})
+            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    order = {s: i for i, s in enumerate(audit.STEPS)}
+    return {k: out[k] for k in sorted(out, key=lambda k: order.get(k, 99))}

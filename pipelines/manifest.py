@@ -24,6 +24,8 @@ FORMAT_VERSION = 1
 
 def dataset_version(
     *,
+    dataset: str,
+    shard_max_bytes: int,
     clip_config: Mapping[str, Any],
     feature_version: str,
     model_version: str | None,
@@ -38,6 +40,8 @@ def dataset_version(
     """
     payload = {
         "format": FORMAT_VERSION,
+        "dataset": dataset,  # the shard names
+        "shard_max_bytes": shard_max_bytes,  # the shard layout: another layout is another dataset
         "clip_config": dict(clip_config),
         "feature_version": feature_version,
         "model_version": model_version,

@@ -34,10 +34,12 @@ from pipelines.build import (
     Resolved,
     TransientDownloadError,
     cut_video_stage,
+    exclusive,
     fetch_video,
     is_done,
     new_run_id,
     resolve_sources,
+    signature_hash,
     transient_failure_rows,
 )
 from pipelines.clip import ClipConfig
@@ -99,6 +101,7 @@ def make_config(
     use_model: bool = True,
     shard_max_mb: int = 256,
     dataset: str = "genie",
+    retry_failed: bool = False,
 ) -> BuildConfig:
     return BuildConfig(
         out=Path(out).resolve(),
@@ -108,6 +111,7 @@ def make_config(
         threshold=threshold,
         model_path=None if model is None else Path(model).resolve(),
         use_model=use_model,
+        retry_failed=retry_failed,
         clip=ClipConfig(),
         download=DownloadConfig(enable_file_urls=enable_file_urls),
     )
@@ -131,6 +135,7 @@ def build_dataset(
     use_model: bool = True,
     shard_max_mb: int = 256,
     dataset: str = "genie",
+    retry_failed: bool = False,
 ) -> dict[str, Any]:
     """Find, download, cut, score and shard platformer videos; see docs/ARCHITECTURE.md.
 
@@ -143,11 +148,26 @@ def build_dataset(
         use_model: False keeps every clip that passes probe, clip and dedup.
         shard_max_mb: shard size limit in MiB.
         dataset: the dataset name (shard file prefix).
+        retry_failed: also retry videos whose earlier failure was recorded as permanent (blocked,
+            unavailable, unknown, a file ffmpeg could not cut).
     """
-    logger = get_run_logger()
     cfg = make_config(
-        sources, out, enable_file_urls, threshold, model, use_model, shard_max_mb, dataset
+        sources,
+        out,
+        enable_file_urls,
+        threshold,
+        model,
+        use_model,
+        shard_max_mb,
+        dataset,
+        retry_failed,
     )
+    with exclusive(cfg.out):  # one build per data root at a time
+        return _build(cfg)
+
+
+def _build(cfg: BuildConfig) -> dict[str, Any]:
+    logger = get_run_logger()
     run_id = _run_id()
     layout = Layout(cfg.out)
     removed = atomic.clean_temporaries(cfg.out) if cfg.out.exists() else 0
@@ -155,7 +175,11 @@ def build_dataset(
         logger.info("removed %d temporary files left by an interrupted run", removed)
 
     resolved = resolve_task(cfg)
-    todo = [c for c in resolved.candidates if not is_done(layout, c.video_id, cfg.retry_failed)]
+    todo = [
+        c
+        for c in resolved.candidates
+        if not is_done(layout, c.video_id, cfg.retry_failed, signature_hash(cfg.clip))
+    ]
     logger.info(
         "%d videos found, %d already done, %d to process",
         len(resolved.candidates),

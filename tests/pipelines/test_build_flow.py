@@ -227,3 +227,37 @@ def test_killed_run_resumes_to_the_same_manifest(tiny_corpus: Path, tmp_path: Pa
         assert (killed / s["path"]).read_bytes() == (ref / s["path"]).read_bytes()
     assert not list(killed.rglob(".tmp-*"))
     shutil.rmtree(ref)
+
+
+def test_clips_that_leave_the_dataset_get_a_row(first_build: tuple[Path, dict[str, Any], dict[str, int]], served: tuple[Server, Path], tiny_corpus: Path, tmp_path: Path) -> None:
+    src, _, _ = first_build
+    out = tmp_path / "data"
+    shutil.copytree(src, out)
+    before = {k for s in read_manifest(out)["shards"] for k in _keys(out / s["path"])}  # type: ignore[index]
+    labels = _labels(tiny_corpus)
+    doc = yaml.safe_load(served[1].read_text())
+    removed = next(e["url"] for e in doc["sources"] if labels.get(_stem(e["url"]), {}).get("kind") == "gameplay" and "/_" not in e["url"])
+    doc["sources"] = [e for e in doc["sources"] if e["url"] != removed]
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(yaml.safe_dump(doc))
+    from pipelines.flows.build_dataset import build_dataset
+
+    # a threshold between the kept clips' scores: some of them leave, some stay
+    kept = sorted(r["score"] for r in audit.current_rows(out) if r["step"] == "score" and r["decision"] == "keep")
+    assert len(kept) >= 2 and kept[0] < kept[-1]
+    thr = (kept[len(kept) // 2 - 1] + kept[len(kept) // 2]) / 2
+    res = build_dataset(sources=str(sources), out=str(out), threshold=thr)
+    m = read_manifest(out)
+    assert m is not None and res["n_kept"] == m["n_samples"] < len(before)
+    after = {k for s in m["shards"] for k in _keys(out / s["path"])}
+    rows = {(r["step"], r["clip_id"]): r for r in audit.current_rows(out) if r["clip_id"]}
+    for cid in before - after:
+        r = rows[("shard", cid)]
+        assert r["decision"] == "drop" and r["reason"] in ("left_dataset", "source_removed"), r
+    gone = [r for r in audit.current_rows(out) if r["step"] == "resolve" and r["source_url"] == removed]
+    assert gone and gone[0]["decision"] == "drop" and gone[0]["reason"] == "source_removed"
+    assert m["counts"]["shard"]["keep"]["in_shard"] == m["n_samples"]
+
+
+def _keys(tar: Path) -> set[str]:
+    return {s["__key__"] for s in wds.WebDataset(str(tar), shardshuffle=False)}

@@ -69,11 +69,12 @@ def test_unchanged_shards_are_not_rewritten_and_stale_ones_removed(tmp_path: Pat
 
 
 def test_dataset_version_depends_only_on_what_made_it(tmp_path: Path) -> None:
-    base = dict(clip_config={"fps": 10}, feature_version="f1", model_version="m1", threshold=0.5, sources_hash="s", clips=[("a_00000000", "h1")])
+    base = dict(dataset="ds", shard_max_bytes=1 << 20, clip_config={"fps": 10}, feature_version="f1", model_version="m1", threshold=0.5, sources_hash="s", clips=[("a_00000000", "h1")])
     v1 = dataset_version(**base)  # type: ignore[arg-type]
     assert v1 == dataset_version(**base)  # type: ignore[arg-type]
     assert v1 != dataset_version(**{**base, "threshold": 0.6})  # type: ignore[arg-type]
     assert v1 != dataset_version(**{**base, "clips": [("a_00000000", "h2")]})  # type: ignore[arg-type]
+    assert v1 != dataset_version(**{**base, "shard_max_bytes": 2 << 20})  # type: ignore[arg-type]
     s = _samples(tmp_path, 2)
     shards = write_shards(tmp_path, "ds", s, 1 << 20)
     m = build_manifest(dataset="ds", version=v1, shards=shards, plans=shard_plan_digests(s, 1 << 20), clip_config={"fps": 10}, feature_version="f1", model_version="m1", threshold=0.5, sources_hash="s", counts={"score": {"keep": {"above_threshold": 2}}})
