@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("genie")
 
@@ -118,7 +119,32 @@ def cmd_audit_explain(a: argparse.Namespace) -> int:
         if r["features"] and r["step"] in ("score", "clip") and r["clip_id"]:
             feats = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r["features"].items()))
             print(f"    features: {feats}")
+        if r["step"] == "score" and r["features"] and r["model_version"]:
+            model = _model_for(r["model_version"], a.model)
+            if model is None:
+                print(
+                    f"    (model {r['model_version']} not found: pass --model to see what weighed most)"
+                )
+            else:
+                weights = ", ".join(f"{k} {v:+.2f}" for k, v in model.explain(r["features"], k=5))
+                print(f"    weighed most (change in log-odds of 'good'): {weights}")
+    clip = next((r for r in rows if r["clip_id"] == a.id), None)
+    if clip is not None:
+        from filters.report import clip_path
+
+        p = clip_path(data, clip["video_id"], a.id)
+        print(f"clip file: {p}{'' if p.exists() else ' (missing)'}")
     return 0
+
+
+def _model_for(version: str, path: str | None) -> Any:
+    """The clip filter with this version: the one given, else the shipped default, else None."""
+    from filters.classifier import ClipClassifier, load_default
+
+    for m in (ClipClassifier.load(path) if path else None, load_default()):
+        if m is not None and m.version == version:
+            return m
+    return None
 
 
 def cmd_audit_report(a: argparse.Namespace) -> int:
@@ -229,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("id", help="a video ID or clip ID")
     e.add_argument("--data", required=True, help="a build-dataset output folder")
     e.add_argument("--json", action="store_true", help="print JSON")
+    e.add_argument(
+        "--model", default=None, help="the clip filter the build used, if not the shipped one"
+    )
     e.set_defaults(fn=cmd_audit_explain)
     r = au.add_parser("report", help="an HTML page: counts, score histogram, contact sheets")
     r.add_argument("--data", required=True, help="a build-dataset output folder")
