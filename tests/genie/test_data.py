@@ -20,15 +20,6 @@ from genie import data as D
 N_SHARDS, PER_SHARD = 3, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared, busy machine: intra-op threads only add contention (5x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_dataset(root: Path, n_shards: int = N_SHARDS, per_shard: int = PER_SHARD) -> Path:
     """A data dir like build-dataset's: shards/test-{i:06d}.tar (mp4 + json) and manifest.json.
 

@@ -14,16 +14,6 @@ from genie.presets import tiny
 K = 10  # fake vocabulary
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tensors are small, and on a shared machine two threads spinning
-    against other processes made the training tests ~6x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def peaked(target_BHW: torch.Tensor, calls: list | None = None, height: float = 50.0):
     """A fake logits_fn: logits peaked at target for the last frame; records the masks it is given."""
 

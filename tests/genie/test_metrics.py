@@ -19,16 +19,6 @@ from genie.metrics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tensors are small, and on a shared machine two threads spinning
-    against other processes made the training tests ~6x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_psnr_identical_is_capped_and_known_mse() -> None:
     x = torch.rand(2, 3, 8, 8)
     assert torch.allclose(psnr(x, x), torch.full((2,), PSNR_CAP_DB))

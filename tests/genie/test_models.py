@@ -25,16 +25,6 @@ from genie.tokenizer import VideoTokenizer, patchify, unpatchify
 ATOL = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tensors are small, and on a shared machine two threads spinning
-    against other processes made the training tests ~6x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def moving_squares(
     b: int, t: int, h: int = 32, w: int = 32, side: int = 8, seed: int = 0
 ) -> torch.Tensor:

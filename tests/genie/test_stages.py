@@ -12,20 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import webdataset as wds
 
 from genie import checkpoint as ckpt
 from genie import stages as S
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared, busy machine: intra-op threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_shards(root: Path, n_shards: int = 2) -> Path:

@@ -24,15 +24,6 @@ from tests.genie.test_data import make_dataset
 W_TRUE = torch.linspace(-1, 1, 64).reshape(8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared, busy machine: intra-op threads only add contention (5x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Toy(nn.Module):
     """A 2-layer MLP regressor; dropout draws from the torch RNG (exercises RNG resume).
 
