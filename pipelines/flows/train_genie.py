@@ -122,6 +122,48 @@ def card_task(run: str, lineage: dict[str, Any]) -> str:
     return str(write_model_card(Path(run), lineage))
 
 
+def curves_markdown(run: Path) -> str:
+    """Loss and codebook-usage curves of every trained stage (PNG as data URIs) and the eval report."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in ("tokenizer", "lam", "dynamics") if (run / s / "metrics.jsonl").exists()]
+    if not stages:
+        return "no training metrics yet"
+    fig, axes = plt.subplots(2, len(stages), figsize=(4 * len(stages), 5), squeeze=False)
+    for i, stage in enumerate(stages):
+        rows = [
+            json.loads(x)
+            for x in (run / stage / "metrics.jsonl").read_text().splitlines()
+            if x.strip()
+        ]
+        last = {
+            r["step"]: r for r in rows if "loss" in r
+        }  # a resumed run may repeat steps: keep the last
+        steps = sorted(last)
+        axes[0][i].plot(steps, [last[k]["loss"] for k in steps])
+        axes[0][i].set_title(f"{stage} loss")
+        key = "codebook_usage" if any("codebook_usage" in last[k] for k in steps) else "accuracy"
+        axes[1][i].plot(steps, [last[k].get(key, float("nan")) for k in steps], color="#d0804a")
+        axes[1][i].set_title(f"{stage} {key.replace('_', ' ')}")
+        axes[1][i].set_xlabel("step")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    img = base64.b64encode(buf.getvalue()).decode()
+    report = run / "eval" / "report.html"
+    return (
+        f"![training curves](data:image/png;base64,{img})\n\n"
+        f"Reconstructions and rollouts (ground truth | inferred actions | random actions): `{report}`\n"
+    )
+
+
 def lineage_of(data: str, preset: str, steps: dict[str, int]) -> dict[str, Any]:
     """What made this model: the dataset's manifest facts, the code version, the presets."""
     m = json.loads((Path(data) / "manifest.json").read_text())
@@ -209,6 +251,7 @@ def train_genie(
         description="held-out evaluation",
     )
     create_markdown_artifact(key="train-genie-model-card", markdown=Path(card).read_text())
+    create_markdown_artifact(key="train-genie-curves", markdown=curves_markdown(Path(run)))
     return {
         "run": run,
         "card": card,
