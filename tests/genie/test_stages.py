@@ -180,3 +180,25 @@ def test_cli_commands(run: dict, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["evaluate", "--run", str(tmp_path), "--data", str(run["data"])]) == 2
     assert main(["train", "lam", "--data", str(tmp_path), "--preset", "tiny", "--out", "x"]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_a_model_that_ignores_actions_has_delta_psnr_near_zero(run: dict, tmp_path: Path) -> None:
+    """The paper's controllability metric on a dynamics model blind to actions: its rollouts with
+    inferred and with random actions are the same, so delta-t PSNR is ~0."""
+    import shutil
+
+    import torch
+
+    from genie.evaluate import evaluate
+
+    blind = tmp_path / "blind"
+    shutil.copytree(run["run"], blind)
+    pt = ckpt.latest_checkpoint(blind / "dynamics")
+    assert pt is not None
+    state = torch.load(pt, weights_only=True)
+    state["model"]["action_emb.weight"].zero_()  # every action adds the same (zero) embedding
+    torch.save(state, pt)
+    m = evaluate(blind, run["data"], n_clips=2, steps=2, horizon=5)
+    assert abs(m["delta_psnr"]) < 1e-6
+    # and the trained model (actions do reach it) is not that model
+    assert torch.load(ckpt.latest_checkpoint(run["run"] / "dynamics"), weights_only=True)["model"]["action_emb.weight"].abs().sum() > 0
