@@ -228,7 +228,9 @@ def train_genie(
     metrics = ev.result()
     steps = {"tokenizer": tokenizer_steps, "lam": lam_steps, "dynamics": dynamics_steps}
     lineage = lineage_of(data, preset, steps)
-    card = card_task(run, lineage | {"stages": results, "eval": metrics})
+    card = card_task(
+        run, lineage
+    )  # the card reads each stage's marker and eval/metrics.json itself
     skipped = [s for s, r in results.items() if r.get("skipped")]
     log.info("train-genie done: %s (skipped: %s)", card, ", ".join(skipped) or "none")
     table = [
