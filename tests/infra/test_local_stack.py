@@ -43,7 +43,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         assert up.returncode == 0, up.stdout + up.stderr
         # idempotent: a second start finds everything running and changes nothing
         again = subprocess.run([*sh, "start"], env=env, capture_output=True, text=True, timeout=300)
-        assert again.returncode == 0 and "already up" in again.stdout and "already running" in again.stdout
+        assert (
+            again.returncode == 0
+            and "already up" in again.stdout
+            and "already running" in again.stdout
+        )
         yield env
     finally:
         subprocess.run([*sh, "stop"], env=env, capture_output=True, text=True, timeout=120)
@@ -51,17 +55,70 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     assert "server: down" in status.stdout
 
 
-def test_build_dataset_deployment_runs_on_a_worker(stack: dict[str, str], tiny_corpus: Path, tmp_path: Path) -> None:
-    out = tmp_path / "data"
-    ls = subprocess.run(["prefect", "deployment", "ls"], env=stack, capture_output=True, text=True, timeout=120)
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("deployed") / "data"
+
+
+def _run(env: dict[str, str], name: str, *params: str) -> subprocess.CompletedProcess[str]:
+    args = [x for p in params for x in ("-p", p)]
+    cmd = ["prefect", "deployment", "run", name, *args, "--watch", "--watch-timeout", "1200"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1300)
+
+
+def test_build_dataset_deployment_runs_on_a_worker(
+    stack: dict[str, str], tiny_corpus: Path, out: Path
+) -> None:
+    ls = subprocess.run(
+        ["prefect", "deployment", "ls"], env=stack, capture_output=True, text=True, timeout=120
+    )
     assert "build-dataset/build-dataset" in ls.stdout and "train-genie/train-genie" in ls.stdout
-    run = subprocess.run(
-        ["prefect", "deployment", "run", "build-dataset/build-dataset",
-         "-p", f"sources={tiny_corpus / 'sources.yaml'}", "-p", f"out={out}", "-p", "enable_file_urls=true",
-         "--watch", "--watch-timeout", "1200"],
-        env=stack, capture_output=True, text=True, timeout=1300,
-    )  # fmt: skip
+    run = _run(
+        stack,
+        "build-dataset/build-dataset",
+        f"sources={tiny_corpus / 'sources.yaml'}",
+        f"out={out}",
+        "enable_file_urls=true",
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["n_samples"] > 0 and manifest["shards"]
     assert all((out / s["path"]).exists() for s in manifest["shards"])
+
+
+def test_train_genie_deployment_runs_then_reuses_its_stages(
+    stack: dict[str, str], out: Path, tmp_path: Path
+) -> None:
+    """`prefect deployment run train-genie/train-genie` on the gpu pool's worker (CPU here), twice."""
+    if not (out / "manifest.json").exists():
+        pytest.skip("needs the dataset of test_build_dataset_deployment_runs_on_a_worker")
+    run_dir = tmp_path / "run"
+    params = [
+        f"data={out}",
+        f"run={run_dir}",
+        "preset=tiny",
+        "tokenizer_steps=2",
+        "lam_steps=2",
+        "dynamics_steps=2",
+        "eval_clips=1",
+        "maskgit_steps=2",
+    ]
+    first = _run(stack, "train-genie/train-genie", *params)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    card = json.loads((run_dir / "model_card.json").read_text())
+    assert (
+        card["lineage"]["dataset_version"]
+        == json.loads((out / "manifest.json").read_text())["version"]
+    )
+    done = {
+        s: json.loads((run_dir / d / "DONE.json").read_text())["fingerprint"]
+        for s, d in [("tokenizer", "tokenizer"), ("lam", "lam"), ("dynamics", "dynamics")]
+    }
+    mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("step_*.pt")}
+    second = _run(stack, "train-genie/train-genie", *params)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    # the finished stages were reused: same markers, no checkpoint written again
+    assert {
+        s: json.loads((run_dir / s / "DONE.json").read_text())["fingerprint"] for s in done
+    } == done
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("step_*.pt")} == mtimes
