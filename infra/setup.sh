@@ -20,6 +20,15 @@ if [ -z "${GENIE_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
+# PostgreSQL server binaries for the Prefect-on-PostgreSQL test (infra/postgres.sh).
+# GENIE_NO_POSTGRES=1 skips it (that test then skips, saying why).
+if [ -z "${GENIE_NO_POSTGRES:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "setup: installing postgresql (Debian package, for the Prefect-on-PostgreSQL test)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"

@@ -21,21 +21,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from genie.stages import code_version
+
 GPU_TAG = "gpu"
-
-
-def _code_version() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def run_stage_process(
@@ -173,7 +161,7 @@ def lineage_of(data: str, preset: str, steps: dict[str, int]) -> dict[str, Any]:
         "sources_hash": m.get("sources_hash"),
         "classifier_version": (m.get("classifier") or {}).get("version"),
         "classifier_threshold": (m.get("classifier") or {}).get("threshold"),
-        "code_version": _code_version(),
+        "code_version": code_version(),  # the model code's version, as the stage fingerprints use it
         "preset": preset,
         "steps": steps,
     }
