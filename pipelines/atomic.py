@@ -6,6 +6,7 @@ that the next run ignores (and :func:`clean_temporaries` removes).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -70,3 +71,12 @@ def clean_temporaries(root: str | Path) -> int:
             p.unlink()
             n += 1
     return n
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

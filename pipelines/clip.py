@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from pipelines.atomic import TMP_PREFIX
+from pipelines.atomic import TMP_PREFIX, sha256_file
 from pipelines.ffmpeg_io import Stream, decoder_cmd, display_aspect, encoder_cmd
 from pipelines.ids import check_safe, clip_id
 
@@ -435,14 +435,6 @@ def detect(frames_THWC: np.ndarray, cfg: ClipConfig,
     return out + det.finish()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _default_features() -> FeaturesFn:
     from filters.features import compute_features  # the real scorer lives in filters/
 
@@ -551,7 +543,7 @@ class _Cutter:
             os.replace(seg, final)
             clips.append(ClipResult(
                 clip_id=cid, video_id=self.vid, start_s=k.span.start_frame / self.cfg.fps,
-                n_frames=k.span.n_frames, path=str(final), sha256=_sha256_file(final),
+                n_frames=k.span.n_frames, path=str(final), sha256=sha256_file(final),
                 features=k.features, signature=k.signature, content_sha256=k.content_sha256,
             ))
         return clips

@@ -164,6 +164,19 @@ def _sample_meta(
     }
 
 
+def _clip_row(
+    run_id: str, rec: Mapping[str, Any], cl: Mapping[str, Any], **kw: Any
+) -> dict[str, Any]:
+    """An audit row about one clip of a record (the IDs and source filled in)."""
+    return audit.row(
+        run_id=run_id,
+        video_id=rec["video_id"],
+        clip_id=cl["clip_id"],
+        source_url=rec["source_url"],
+        **kw,
+    )
+
+
 def finalize(
     cfg: BuildConfig,
     resolved: Resolved,
@@ -216,12 +229,11 @@ def finalize(
     for rec, cl in clips:
         if cl["clip_id"] in dup_of:
             rows.append(
-                audit.row(
-                    run_id=run_id,
+                _clip_row(
+                    run_id,
+                    rec,
+                    cl,
                     step="dedup",
-                    video_id=rec["video_id"],
-                    clip_id=cl["clip_id"],
-                    source_url=rec["source_url"],
                     decision="drop",
                     reason="duplicate",
                     message=f"duplicate of {dup_of[cl['clip_id']]}",
@@ -243,12 +255,11 @@ def finalize(
         keep = model is None or (threshold is not None and s is not None and s >= threshold)
         reason = "no_model" if model is None else ("above_threshold" if keep else "below_threshold")
         rows.append(
-            audit.row(
-                run_id=run_id,
+            _clip_row(
+                run_id,
+                rec,
+                cl,
                 step="score",
-                video_id=rec["video_id"],
-                clip_id=cl["clip_id"],
-                source_url=rec["source_url"],
                 decision="keep" if keep else "drop",
                 reason=reason,
                 score=s,
@@ -275,12 +286,11 @@ def finalize(
     for rec, cl in unique:
         if cl["clip_id"] in shard_of:
             rows.append(
-                audit.row(
-                    run_id=run_id,
+                _clip_row(
+                    run_id,
+                    rec,
+                    cl,
                     step="shard",
-                    video_id=rec["video_id"],
-                    clip_id=cl["clip_id"],
-                    source_url=rec["source_url"],
                     decision="keep",
                     reason="in_shard",
                     shard=shard_of[cl["clip_id"]],

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.atomic import atomic_path
+from pipelines.atomic import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,6 @@ def write_shard(path: Path, samples: Sequence[ShardSample]) -> str:
     return digest
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _plan_digest(samples: Sequence[ShardSample]) -> str:
     """What a shard would hold: its keys, their mp4 sizes and metadata. Used to skip rewrites."""
     h = hashlib.sha256()
@@ -147,7 +139,12 @@ def write_shards(
         path = root / rel
         plan = _plan_digest(group)
         prev = previous.get(rel)
-        if prev and prev.get("plan") == plan and path.exists() and sha256_file(path) == prev["sha256"]:
+        if (
+            prev
+            and prev.get("plan") == plan
+            and path.exists()
+            and sha256_file(path) == prev["sha256"]
+        ):
             digest = prev["sha256"]
             log.debug("shard %s unchanged", rel)
         else:
