@@ -146,10 +146,13 @@ def curves_markdown(run: Path) -> str:
     plt.close(fig)
     img = base64.b64encode(buf.getvalue()).decode()
     report = run / "eval" / "report.html"
-    return (
-        f"![training curves](data:image/png;base64,{img})\n\n"
-        f"Reconstructions and rollouts (ground truth | inferred actions | random actions): `{report}`\n"
-    )
+    md = f"![training curves](data:image/png;base64,{img})\n\n"
+    if report.exists():  # the first rollout GIF of the evaluation: ground truth | inferred | random
+        html = report.read_text()
+        if 'src="data:image/gif;base64,' in html:
+            gif = html.split('src="data:image/gif;base64,', 1)[1].split('"', 1)[0]
+            md += f"![rollout: ground truth, inferred actions, random actions](data:image/gif;base64,{gif})\n\n"
+    return md + f"All reconstructions and rollouts: `{report}`\n"
 
 
 def lineage_of(data: str, preset: str, steps: dict[str, int]) -> dict[str, Any]:

@@ -65,6 +65,17 @@ def test_dag_order_skip_and_card(prefect_harness: None, data: Path, tmp_path: Pa
     )
     assert (run / "MODEL_CARD.md").exists() and (run / "eval" / "metrics.json").exists()
     assert res["skipped"] == []
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-genie-curves"]))
+        )
+    assert (
+        arts
+        and "data:image/png;base64," in str(arts[0].data)
+        and "data:image/gif;base64," in str(arts[0].data)
+    )
 
     again = train_genie(data=str(data), run=str(run), preset="tiny", **STEPS)
     assert sorted(again["skipped"]) == ["dynamics", "lam", "tokenize", "tokenizer"]
