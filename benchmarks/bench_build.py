@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import machine, write_results  # noqa: E402  (benchmarks/ is on sys.path)
 
 from filters.features import compute_features
 from pipelines.clip import ClipConfig, cut_video
@@ -119,10 +120,7 @@ def run(corpus: Path, repeats: int = 1) -> dict[str, Any]:
         t_pipeline = (time.perf_counter() - t0) / repeats
     n_clips //= repeats
     return {
-        "machine": {
-            "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(),
-        },
+        "machine": machine(1),
         "videos": len(videos),
         "source_seconds": round(seconds, 1),
         "clips": n_clips,
@@ -150,9 +148,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/build.json"))
     a = ap.parse_args()
     res = run(a.corpus, a.repeats)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
+    write_results(a.out, res)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +48,8 @@ from filters.features import compute_features
 from pipelines.ffmpeg_io import encoder_cmd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.* when run as a script
+from common import Clock, machine, write_results  # noqa: E402  (benchmarks/ is on sys.path)
+
 from tests.filters.synthetic import GOOD_KINDS, KINDS, make_clip  # noqa: E402
 
 
@@ -105,24 +105,10 @@ def classifier(seed: int = 0) -> tuple[ClipClassifier, str]:
     return res.classifier, "trained on synthetic features (logreg)"
 
 
-class _Clock:
-    """Wall and CPU (this process) seconds, summed over timed calls."""
-
-    def __init__(self) -> None:
-        self.wall = self.cpu = 0.0
-
-    def __call__(self, fn: Any) -> Any:
-        w, c = time.perf_counter(), time.process_time()
-        out = fn()
-        self.wall += time.perf_counter() - w
-        self.cpu += time.process_time() - c
-        return out
-
-
-def one_pass(clips: list[tuple[str, bytes]], clf: ClipClassifier) -> dict[str, _Clock]:
+def one_pass(clips: list[tuple[str, bytes]], clf: ClipClassifier) -> dict[str, Clock]:
     """Per clip: decode, then features on its frames, then score it alone (alternating per clip,
     so load drift hits all three); then score all clips' features in one call."""
-    clocks = {k: _Clock() for k in ("decode", "features", "score_one", "score_batch")}
+    clocks = {k: Clock() for k in ("decode", "features", "score_one", "score_batch")}
     feats = []
     for _, mp4 in clips:
         frames = clocks["decode"](lambda mp4=mp4: decode(mp4))
@@ -177,13 +163,9 @@ def main() -> None:
         "target": None,
         "data": str(a.data) if a.data else f"synthetic: {len(KINDS)} kinds x {a.seeds} seeds",
         **res,
-        "machine": {"python": platform.python_version(), "av": av.__version__,
-                    "cpu": platform.processor() or platform.machine(), "threads": 1,
-                    "note": "shared 2-core machine, other jobs running"},
+        "machine": machine(1, av=av.__version__),
     }  # fmt: skip
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    write_results(a.out, out)
 
 
 if __name__ == "__main__":

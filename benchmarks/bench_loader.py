@@ -31,12 +31,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import statistics
 import sys
 import tarfile
 import tempfile
-import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,8 @@ from genie.data import VideoDataConfig, resolve_shards, video_loader
 from genie.presets import PRESETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.* when run as a script
+from common import Clock, machine, write_results  # noqa: E402  (benchmarks/ is on sys.path)
+
 from tests.genie.test_stages import make_shards  # noqa: E402
 
 # frame size (H, W) the loader resizes to; native keeps the shards' 160x90 (padded to 92)
@@ -95,27 +95,13 @@ def _work(clips: list[tuple[str, bytes, int]], cfg: VideoDataConfig, epochs: int
             for e in range(epochs) for key, mp4, n in clips]  # fmt: skip
 
 
-class _Clock:
-    """Wall and CPU (this process) seconds, summed over timed calls."""
-
-    def __init__(self) -> None:
-        self.wall = self.cpu = 0.0
-
-    def __call__(self, fn: Any) -> Any:
-        w, c = time.perf_counter(), time.process_time()
-        out = fn()
-        self.wall += time.perf_counter() - w
-        self.cpu += time.process_time() - c
-        return out
-
-
-def interleaved_pass(data: Any, cfg: VideoDataConfig, work: list) -> tuple[_Clock, _Clock, int]:
+def interleaved_pass(data: Any, cfg: VideoDataConfig, work: list) -> tuple[Clock, Clock, int]:
     """A fresh loader, one batch at a time, each followed by the reference on as many clips.
 
     Over the pass both see exactly the same (clip, window) set; alternating per batch makes a
     load spike on the shared machine hit both. Returns (loader clock, reference clock, frames).
     """
-    loader, lc, rc, frames, B = video_loader(data, cfg), _Clock(), _Clock(), 0, cfg.batch_size
+    loader, lc, rc, frames, B = video_loader(data, cfg), Clock(), Clock(), 0, cfg.batch_size
     for i in range(len(work) // B):
         x = lc(lambda: next(loader))  # (B, T, C, H', W') float
         frames += x.shape[0] * x.shape[1]
@@ -125,11 +111,11 @@ def interleaved_pass(data: Any, cfg: VideoDataConfig, work: list) -> tuple[_Cloc
     return lc, rc, frames
 
 
-def block_pass(data: Any, cfg: VideoDataConfig, work: list) -> tuple[_Clock, _Clock, int]:
+def block_pass(data: Any, cfg: VideoDataConfig, work: list) -> tuple[Clock, Clock, int]:
     """Reference over all of `work`, then a fresh loader over as many batches (wall time only:
     with worker processes the loader prefetches in the background, so per-batch alternation would
     let its workers run during the reference's time)."""
-    rc, lc = _Clock(), _Clock()
+    rc, lc = Clock(), Clock()
     frames = rc(lambda: sum(_decode_window(m, s, cfg) for m, s in work))
 
     def take() -> int:
@@ -203,13 +189,9 @@ def main() -> None:
         "target": "loader frames/s >= 0.8 x PyAV decode alone (workers=0, one core)",
         "data": str(a.data) if a.data else f"generated: {a.clips} testsrc2 clips, 16 s 160x90 10 fps",
         "results": rows,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "av": av.__version__, "cpu": platform.processor() or platform.machine(),
-                    "threads": a.threads, "note": "shared 2-core machine, other jobs running"},
+        "machine": machine(a.threads, torch=torch.__version__, av=av.__version__),
     }  # fmt: skip
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    write_results(a.out, res)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ Usage: python benchmarks/bench_play.py [--presets tiny small] [--steps 25 8] [--
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import machine, write_results  # noqa: E402  (benchmarks/ is on sys.path)
 
 from genie.dynamics import DynamicsModel
 from genie.play import WorldModel
@@ -129,13 +128,9 @@ def main() -> None:
         "benchmark": "play",
         "target": "sampling overhead beyond the logits passes < 10% at 25 MaskGIT passes",
         "results": rows,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "cpu": platform.processor() or platform.machine(), "threads": a.threads,
-                    "device": "cpu", "note": "shared 2-core machine, other jobs running"},
+        "machine": machine(a.threads, torch=torch.__version__, device="cpu"),
     }  # fmt: skip
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    write_results(a.out, res)
 
 
 if __name__ == "__main__":

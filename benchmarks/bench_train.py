@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -51,6 +49,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from common import machine, write_results  # noqa: E402  (benchmarks/ is on sys.path)
 from torch import nn
 
 from genie import train as T
@@ -212,13 +211,9 @@ def main() -> None:
         "flop_counter": "torch.utils.flop_counter.FlopCounterMode over forward+backward of step 1",
         "results": rows,
         "runtime_s": time.perf_counter() - t_start,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "cpu": platform.processor() or platform.machine(), "threads": a.threads,
-                    "device": "cpu", "note": "shared 2-core machine, other jobs running"},
+        "machine": machine(a.threads, torch=torch.__version__, device="cpu"),
     }  # fmt: skip
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {a.out} in {res['runtime_s']:.0f} s")
+    write_results(a.out, res, f" in {res['runtime_s']:.0f} s")
 
 
 if __name__ == "__main__":
