@@ -400,14 +400,3 @@ def transient_failure_rows(c: Candidate, error: BaseException, run_id: str) -> l
             extra={"transient": True},
         )
     ]
-
-
-def process_video(
-    c: Candidate, cfg: BuildConfig, run_id: str
-) -> dict[str, Any] | list[dict[str, Any]]:
-    """The whole per-video pass without Prefect: a record, or audit rows of a transient failure."""
-    try:
-        fetched = fetch_video(c, cfg, run_id)
-    except TransientDownloadError as exc:
-        return transient_failure_rows(c, exc, run_id)
-    return cut_video_stage(c, fetched, cfg, run_id)
