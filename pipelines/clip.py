@@ -251,8 +251,11 @@ class CutDetector:
         d = self.decided
         j = d - self.base  # position of frame d in self.scores
         this = self.scores[j]
-        neighbours = [s.moved for k, s in enumerate(self.scores)
-                      if k != j and abs(k - j) <= self.w and s is not None]
+        neighbours = [
+            s.moved
+            for k, s in enumerate(self.scores)
+            if k != j and abs(k - j) <= self.w and s is not None
+        ]
         self.decided += 1
         while self.base < self.decided - self.w:  # keep w frames of history for the next one
             self.scores.popleft()
@@ -452,8 +455,14 @@ class _Kept:
 class _Cutter:
     """Frame-by-frame state of one cut_video call: the window buffer, the planner, the encoder."""
 
-    def __init__(self, vid: str, out_dir: Path, cfg: ClipConfig, box: tuple[int, int, int, int],
-                 features_fn: FeaturesFn):
+    def __init__(
+        self,
+        vid: str,
+        out_dir: Path,
+        cfg: ClipConfig,
+        box: tuple[int, int, int, int],
+        features_fn: FeaturesFn,
+    ):
         self.vid, self.out_dir, self.cfg, self.box = vid, out_dir, cfg, box
         self.features_fn = features_fn
         self.planner = WindowPlanner(cfg)
@@ -504,16 +513,25 @@ class _Cutter:
         frames = self.buf[: self.count]
         view = frames.view()
         view.flags.writeable = False  # features_fn reads; the buffer is reused after this call
-        self.kept.append(_Kept(
-            span=span,
-            features=dict(self.features_fn(view)),
-            signature=signature(view, self.cfg.signature_frames),
-            content_sha256=hashlib.sha256(frames.data).hexdigest(),
-        ))
+        self.kept.append(
+            _Kept(
+                span=span,
+                features=dict(self.features_fn(view)),
+                signature=signature(view, self.cfg.signature_frames),
+                content_sha256=hashlib.sha256(frames.data).hexdigest(),
+            )
+        )
         if self.encoder is None:
             c = self.cfg
-            cmd = encoder_cmd(self.pattern, (c.width, c.height), c.fps, c.n_frames, crf=c.crf,
-                              preset=c.preset, threads=c.threads)
+            cmd = encoder_cmd(
+                self.pattern,
+                (c.width, c.height),
+                c.fps,
+                c.n_frames,
+                crf=c.crf,
+                preset=c.preset,
+                threads=c.threads,
+            )
             self.encoder = Stream(cmd, c.timeout_s, stdin=True, stdout=False)
         try:
             self.encoder.stdin.write(frames.data)
@@ -532,8 +550,10 @@ class _Cutter:
         segments = [Path(str(self.pattern) % k) for k in range(n)]
         missing = [s.name for s in segments if not s.exists()]
         if missing or Path(str(self.pattern) % n).exists():
-            raise ClipError(f"encoder wrote an unexpected set of segments for {n} windows "
-                            f"(missing: {missing[:3]}); segment timing is off")
+            raise ClipError(
+                f"encoder wrote an unexpected set of segments for {n} windows "
+                f"(missing: {missing[:3]}); segment timing is off"
+            )
         clips = []
         for seg, k in zip(segments, self.kept, strict=True):
             cid = clip_id(self.vid, k.span.start_frame * 1000 // self.cfg.fps)
@@ -541,11 +561,19 @@ class _Cutter:
             with open(seg, "rb+") as fh:  # durable before the rename makes it visible
                 os.fsync(fh.fileno())
             os.replace(seg, final)
-            clips.append(ClipResult(
-                clip_id=cid, video_id=self.vid, start_s=k.span.start_frame / self.cfg.fps,
-                n_frames=k.span.n_frames, path=str(final), sha256=sha256_file(final),
-                features=k.features, signature=k.signature, content_sha256=k.content_sha256,
-            ))
+            clips.append(
+                ClipResult(
+                    clip_id=cid,
+                    video_id=self.vid,
+                    start_s=k.span.start_frame / self.cfg.fps,
+                    n_frames=k.span.n_frames,
+                    path=str(final),
+                    sha256=sha256_file(final),
+                    features=k.features,
+                    signature=k.signature,
+                    content_sha256=k.content_sha256,
+                )
+            )
         return clips
 
     def cleanup(self) -> None:
@@ -608,8 +636,14 @@ def cut_video(
         cutter.cleanup()
         raise
     fps = cfg.fps
-    logger.info("%s: %d frames, %d cuts, %d clips, %d spans dropped", vid, cutter.planner.n,
-                len(cutter.cuts), len(clips), len(cutter.dropped))
+    logger.info(
+        "%s: %d frames, %d cuts, %d clips, %d spans dropped",
+        vid,
+        cutter.planner.n,
+        len(cutter.cuts),
+        len(clips),
+        len(cutter.dropped),
+    )
     return CutReport(
         clips=clips,
         n_frames=cutter.planner.n,

@@ -197,8 +197,12 @@ def display_aspect(path: Path, timeout_s: float) -> float:
     """Display aspect ratio of the first video stream; ValueError if there is none."""
     info = ffprobe_json(
         path,
-        ["-select_streams", "V:0", "-show_entries",
-         "stream=width,height,sample_aspect_ratio:stream_side_data=rotation"],
+        [
+            "-select_streams",
+            "V:0",
+            "-show_entries",
+            "stream=width,height,sample_aspect_ratio:stream_side_data=rotation",
+        ],
         timeout_s,
     )
     streams = info.get("streams") or []
@@ -214,16 +218,46 @@ def decoder_cmd(
     scaled to ``box`` = (w, h, x, y) and padded with black around it (never stretched)."""
     w, h, x, y = box
     # fps first so the scaler only sees kept frames; area scaling avoids aliasing on big downscales.
-    vf = (f"fps={fps},scale={w}:{h}:flags=area,setsar=1,"
-          f"pad={size[0]}:{size[1]}:{x}:{y}:black,format=rgb24")
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-threads", str(threads),
-            # V, not v: the first real video stream, never an attached cover picture.
-            "-i", str(path), "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", vf,
-            "-filter_threads", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+    vf = (
+        f"fps={fps},scale={w}:{h}:flags=area,setsar=1,"
+        f"pad={size[0]}:{size[1]}:{x}:{y}:black,format=rgb24"
+    )
+    return [
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-v",
+        "error",
+        "-threads",
+        str(threads),
+        # V, not v: the first real video stream, never an attached cover picture.
+        "-i",
+        str(path),
+        "-map",
+        "0:V:0",
+        "-an",
+        "-sn",
+        "-dn",
+        "-vf",
+        vf,
+        "-filter_threads",
+        "1",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "pipe:1",
+    ]
 
 
 def encoder_cmd(
-    pattern: Path, size: tuple[int, int], fps: int, n_frames: int, *, crf: int, preset: str,
+    pattern: Path,
+    size: tuple[int, int],
+    fps: int,
+    n_frames: int,
+    *,
+    crf: int,
+    preset: str,
     threads: int,
 ) -> list[str]:
     """ffmpeg reading raw rgb24 frames of ``size`` on stdin and writing one H.264 mp4 per
@@ -231,13 +265,53 @@ def encoder_cmd(
     n = n_frames
     # Keyframes exactly every n frames (forced, and x264's own placement switched off) so the
     # segment muxer splits at each window; bitexact flags and one thread make output reproducible.
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}",
-            "-framerate", str(fps), "-i", "pipe:0", "-an",
-            "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
-            "-threads", str(threads),
-            "-x264-params", f"keyint={n}:min-keyint={n}:scenecut=0:threads={threads}",
-            "-force_key_frames", f"expr:gte(n,n_forced*{n})", "-forced-idr", "1",
-            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
-            "-f", "segment", "-segment_time", f"{n / fps:g}", "-reset_timestamps", "1",
-            "-segment_format", "mp4", str(pattern)]
+    return [
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{size[0]}x{size[1]}",
+        "-framerate",
+        str(fps),
+        "-i",
+        "pipe:0",
+        "-an",
+        "-c:v",
+        "libx264",
+        "-preset",
+        preset,
+        "-crf",
+        str(crf),
+        "-pix_fmt",
+        "yuv420p",
+        "-threads",
+        str(threads),
+        "-x264-params",
+        f"keyint={n}:min-keyint={n}:scenecut=0:threads={threads}",
+        "-force_key_frames",
+        f"expr:gte(n,n_forced*{n})",
+        "-forced-idr",
+        "1",
+        "-fflags",
+        "+bitexact",
+        "-flags:v",
+        "+bitexact",
+        "-map_metadata",
+        "-1",
+        "-f",
+        "segment",
+        "-segment_time",
+        f"{n / fps:g}",
+        "-reset_timestamps",
+        "1",
+        "-segment_format",
+        "mp4",
+        str(pattern),
+    ]

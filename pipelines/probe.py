@@ -67,8 +67,11 @@ def probe(path: Path, cfg: ClipConfig) -> ProbeResult:
         return _reject("truncated" if truncated else "not_video", e.stderr_tail or str(e))
     fmt: dict[str, Any] = info.get("format") or {}
     streams: list[dict[str, Any]] = info.get("streams") or []
-    videos = [s for s in streams if s.get("codec_type") == "video"
-              and not (s.get("disposition") or {}).get("attached_pic")]  # cover art is no video
+    videos = [
+        s
+        for s in streams
+        if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
+    ]  # cover art is no video
     has_audio = any(s.get("codec_type") == "audio" for s in streams)
     fmt_name = str(fmt.get("format_name", ""))
     if not videos:
@@ -80,36 +83,52 @@ def probe(path: Path, cfg: ClipConfig) -> ProbeResult:
     v = videos[0]
     width, height = int(v.get("width") or 0), int(v.get("height") or 0)
     base: dict[str, Any] = {
-        "width": width, "height": height, "fps": _rate(v.get("avg_frame_rate")),
-        "codec": v.get("codec_name"), "has_audio": has_audio,
+        "width": width,
+        "height": height,
+        "fps": _rate(v.get("avg_frame_rate")),
+        "codec": v.get("codec_name"),
+        "has_audio": has_audio,
         "aspect": stream_aspect(v) if width and height else None,
     }
     # The video stream's own duration: the container's is the longest stream, often the audio.
     declared = _float(v.get("duration")) or _float(fmt.get("duration"))
     if width < cfg.width or height < cfg.height:
-        return _reject("too_small", f"{width}x{height} is below {cfg.width}x{cfg.height}",
-                       duration_s=declared, **base)
+        return _reject(
+            "too_small",
+            f"{width}x{height} is below {cfg.width}x{cfg.height}",
+            duration_s=declared,
+            **base,
+        )
     start = _float(v.get("start_time")) or _float(fmt.get("start_time")) or 0.0
     try:
         times, stderr = _decode_times(path, start, declared, cfg.probe_timeout_s)
     except FFmpegError as e:
         return _reject("undecodable", str(e), duration_s=declared, **base)
     if not times or min(times) > start + HEAD_S + 1.0:
-        return _reject("undecodable", stderr or "no frame of the video stream decodes",
-                       duration_s=declared, **base)
+        return _reject(
+            "undecodable",
+            stderr or "no frame of the video stream decodes",
+            duration_s=declared,
+            **base,
+        )
     end = max(times) - start  # end of the last decodable frame, from the stream's start
     if declared is not None and end < declared - cfg.truncation_tolerance_s:
         if declared > HEAD_S + TAIL_S and end <= HEAD_S + 1.0:  # only the head decoded
-            msg = (f"declared {declared:.2f} s but no frame decodes in the last {TAIL_S:g} s "
-                   f"(data missing after {end:.2f} s or later)")
+            msg = (
+                f"declared {declared:.2f} s but no frame decodes in the last {TAIL_S:g} s "
+                f"(data missing after {end:.2f} s or later)"
+            )
         else:
             msg = f"declared {declared:.2f} s but decoding stops at {end:.2f} s"
-        return _reject("truncated", f"{msg}: {stderr}" if stderr else msg,
-                       duration_s=end, **base)
+        return _reject("truncated", f"{msg}: {stderr}" if stderr else msg, duration_s=end, **base)
     duration = min(declared, end) if declared is not None else end
     if duration < cfg.clip_seconds:
-        return _reject("too_short", f"{duration:.2f} s of video, less than one "
-                       f"{cfg.clip_seconds:g} s clip", duration_s=duration, **base)
+        return _reject(
+            "too_short",
+            f"{duration:.2f} s of video, less than one {cfg.clip_seconds:g} s clip",
+            duration_s=duration,
+            **base,
+        )
     summary = f"{base['codec']} {width}x{height} {duration:.1f} s"
     return ProbeResult(ok=True, reason=None, message=summary, duration_s=duration, **base)
 
@@ -119,9 +138,17 @@ def _decode_times(
 ) -> tuple[list[float], str]:
     """End times (pts + duration, seconds) of the frames decoded at the head and the tail of the
     first video stream, and ffprobe's error output. Short or unknown-length files decode whole."""
-    args = ["ffprobe", "-v", "error", "-select_streams", "V:0",
-            "-show_entries", "frame=best_effort_timestamp_time,pkt_duration_time",
-            "-of", "csv=p=0"]
+    args = [
+        "ffprobe",
+        "-v",
+        "error",
+        "-select_streams",
+        "V:0",
+        "-show_entries",
+        "frame=best_effort_timestamp_time,pkt_duration_time",
+        "-of",
+        "csv=p=0",
+    ]
     if declared is not None and declared > HEAD_S + TAIL_S:
         # Absolute timestamps: ffprobe seeks to the tail interval's start as given.
         args += ["-read_intervals", f"%+{HEAD_S:g},{start + declared - TAIL_S:.3f}%"]
@@ -148,8 +175,14 @@ def _looks_isobmff(path: Path) -> bool:
 
 def _reject(reason: str, message: str, **fields: Any) -> ProbeResult:
     logger.info("probe rejected (%s): %s", reason, message.splitlines()[-1] if message else "")
-    full: dict[str, Any] = {"duration_s": None, "width": None, "height": None, "fps": None,
-                            "codec": None, "has_audio": False}
+    full: dict[str, Any] = {
+        "duration_s": None,
+        "width": None,
+        "height": None,
+        "fps": None,
+        "codec": None,
+        "has_audio": False,
+    }
     full.update(fields)
     return ProbeResult(ok=False, reason=reason, message=message, **full)
 
