@@ -111,14 +111,29 @@ def _to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return pa.table(cols, schema=SCHEMA)
 
 
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path | None:
+def _remote(where: str | Path) -> bool:
+    return "://" in str(where) and not str(where).startswith("file://")
+
+
+def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> str | Path | None:
     """Write rows to one Parquet file atomically; an existing file of that name is left as is.
 
+    ``path`` is a local path or an fsspec URL (s3://...: one PUT, which is atomic by itself).
     Callers name files so that the same rows get the same name (a per-video file named after the
     video and its record), which makes re-writing after a crash idempotent.
     """
     if not rows:
         return None
+    if _remote(path):
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(str(path))
+        if not fs.exists(p):
+            buf = pa.BufferOutputStream()
+            pq.write_table(_to_table(rows), buf, compression="zstd")
+            fs.pipe_file(p, buf.getvalue().to_pybytes())
+        return str(path)
+    path = Path(str(path).removeprefix("file://"))
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,13 +148,27 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path | None:
     return path
 
 
-def read_audit(data_dir: Path) -> pa.Table:
-    """All audit rows under ``data_dir/audit``; an empty table with the schema when there are none."""
-    files = sorted((Path(data_dir) / "audit").rglob("*.parquet"))
-    files = [f for f in files if not f.name.startswith(".tmp-")]
-    if not files:
+def read_audit(data_dir: str | Path) -> pa.Table:
+    """All audit rows under ``data_dir/audit`` (a path or an fsspec URL); an empty table with the
+    schema when there are none."""
+    if _remote(data_dir):
+        import fsspec
+
+        fs, base = fsspec.core.url_to_fs(str(data_dir).rstrip("/") + "/audit")
+        try:
+            names = sorted(str(n) for n in fs.find(base) if str(n).endswith(".parquet"))
+        except FileNotFoundError:
+            names = []
+        names = [n for n in names if not n.rsplit("/", 1)[-1].startswith(".tmp-")]
+        tables = [pq.read_table(pa.BufferReader(fs.cat_file(n)), schema=SCHEMA) for n in names]
+    else:
+        root = Path(str(data_dir).removeprefix("file://"))
+        files = sorted((root / "audit").rglob("*.parquet"))
+        files = [f for f in files if not f.name.startswith(".tmp-")]
+        tables = [pq.read_table(f, schema=SCHEMA) for f in files]
+    if not tables:
         return SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=SCHEMA) for f in files])
+    return pa.concat_tables(tables)
 
 
 def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -152,7 +181,7 @@ def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
-def current_rows(data_dir: Path) -> list[dict[str, Any]]:
+def current_rows(data_dir: str | Path) -> list[dict[str, Any]]:
     """The audit log's current state: latest row per key, features as dicts."""
     rows = read_audit(data_dir).to_pylist()
     for r in rows:
@@ -161,7 +190,7 @@ def current_rows(data_dir: Path) -> list[dict[str, Any]]:
     return latest(rows)
 
 
-def summary(data_dir: Path) -> list[tuple[str, str, str, int]]:
+def summary(data_dir: str | Path) -> list[tuple[str, str, str, int]]:
     """Counts of current rows per (step, decision, reason), in pipeline step order."""
     counts: dict[tuple[str, str, str], int] = {}
     for r in current_rows(data_dir):
@@ -174,7 +203,7 @@ def summary(data_dir: Path) -> list[tuple[str, str, str, int]]:
     )
 
 
-def explain(data_dir: Path, ident: str) -> list[dict[str, Any]]:
+def explain(data_dir: str | Path, ident: str) -> list[dict[str, Any]]:
     """Every row (history included) for a video ID or clip ID, oldest first.
 
     For a video ID, the rows of its clips are included too.

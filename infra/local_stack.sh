@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The embedded default stack on one machine, started and stopped idempotently:
 #   a Prefect server on SQLite bound to 127.0.0.1, process work pools `cpu` and `gpu` (same machine),
-#   the `genie-download` tag concurrency limit, the deployments from prefect.yaml, one worker per pool.
+#   the `genie-download` tag concurrency limit and the `genie-download-rate` rate limit, the
+#   deployments from prefect.yaml, one worker per pool.
 # Usage: bash infra/local_stack.sh start|stop|status|deploy
 # Settings: GENIE_PREFECT_PORT (4200), PREFECT_HOME (.prefect in this checkout),
-#           GENIE_DOWNLOAD_LIMIT (2 concurrent downloads across all workers).
+#           GENIE_DOWNLOAD_LIMIT (2 concurrent downloads across all workers),
+#           GENIE_DOWNLOADS_PER_S (1 download started per second across all workers).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -48,9 +50,15 @@ ensure_pools() {
   prefect concurrency-limit inspect genie-download >/dev/null 2>&1 \
     || prefect concurrency-limit create genie-download "${GENIE_DOWNLOAD_LIMIT:-2}" >/dev/null
   # Training stages are tagged `gpu`: one at a time per GPU of this machine (GENIE_GPUS, default 1).
+  # A rate limit: a slot per download start, decaying at GENIE_DOWNLOADS_PER_S (Prefect global
+  # concurrency limits hold across every worker and machine that talks to this server).
+  prefect gcl inspect genie-download-rate >/dev/null 2>&1 \
+    || prefect gcl create genie-download-rate --limit 1 \
+      --slot-decay-per-second "${GENIE_DOWNLOADS_PER_S:-1}" >/dev/null
   prefect concurrency-limit inspect gpu >/dev/null 2>&1 \
     || prefect concurrency-limit create gpu "${GENIE_GPUS:-1}" >/dev/null
-  echo "pools: cpu, gpu (limit 1); tag limits genie-download=${GENIE_DOWNLOAD_LIMIT:-2}, gpu=${GENIE_GPUS:-1}"
+  echo "pools: cpu, gpu (limit 1); tag limits genie-download=${GENIE_DOWNLOAD_LIMIT:-2}, gpu=${GENIE_GPUS:-1};" \
+    "rate limit genie-download-rate=${GENIE_DOWNLOADS_PER_S:-1}/s"
 }
 
 deploy() { prefect --no-prompt deploy --all >"$RUN/deploy.log" 2>&1 || { cat "$RUN/deploy.log" >&2; exit 1; }; echo "deployed: $(grep -c "prefect deployment run" "$RUN/deploy.log") deployments"; }

@@ -18,10 +18,12 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from filters import audit
 from filters.features import FEATURE_VERSION, compute_features
-from pipelines import atomic, ids
+from pipelines import ids
 from pipelines.clip import ClipConfig, ClipError, cut_video
 from pipelines.download import DownloadConfig, DownloadResult, download
 from pipelines.ffmpeg_io import FFmpegError
@@ -37,6 +39,7 @@ from pipelines.ledger import Ledger
 from pipelines.probe import probe
 from pipelines.resolve import Candidate, Rejection, resolve_entry
 from pipelines.sources import SourceEntry, load_sources, sources_hash
+from pipelines.store import Store, is_url, normalize_root
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +48,23 @@ log = logging.getLogger(__name__)
 class BuildConfig:
     """Everything a build needs; flows and the CLI build one from simple parameters."""
 
-    out: Path  # the data root: manifest.json, shards/, audit/, work/
+    out: str  # the data root, a path or an fsspec URL (s3://...): manifest.json, shards/, audit/, work/
     sources: Path  # YAML or text file of source URLs
     dataset: str = "genie"  # dataset name: the shard file prefix
     shard_max_bytes: int = 256 * 1024 * 1024  # shard size limit (WebDataset practice: 256 MB-1 GB)
     threshold: float | None = None  # override the classifier's threshold (no features recomputed)
-    model_path: Path | None = None  # a clip-filter model (.skops); None: the shipped default
+    model_path: Path | str | None = None  # a clip-filter model (.skops, a path or URL); None: the shipped default
     use_model: bool = True  # False: score nothing, keep every clip that passes the other steps
     retry_failed: bool = False  # also retry videos whose earlier failure was permanent
     keep_downloads: bool = True  # keep source files under work/downloads after cutting
     clip: ClipConfig = field(default_factory=ClipConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    # Local scratch for a remote data root: downloads, the download ledger, clips being cut.
+    # None: ``work/`` under a local data root; ~/.cache/open-genie/scratch/{hash} for a URL.
+    scratch: Path | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "out", normalize_root(self.out))
         ids.check_safe(self.dataset)
         if self.shard_max_bytes < 1024 * 1024:
             raise ValueError(f"shard_max_bytes must be >= 1 MiB, got {self.shard_max_bytes}")
@@ -75,35 +82,60 @@ class TransientDownloadError(RuntimeError):
 
 @dataclass(frozen=True)
 class Layout:
-    """Paths under the data root (docs/ARCHITECTURE.md)."""
+    """Where things are (docs/ARCHITECTURE.md): keys in the data root's store, and local scratch.
 
-    root: Path
+    The store (a folder or an object store URL) holds what lasts: records, clips, decisions, the
+    audit log, shards and the manifest. Scratch (a local folder) holds what a worker needs while it
+    works: downloads, yt-dlp's archive, the download ledger and clips being cut. For a local data
+    root, scratch is its ``work/`` folder, so clips are cut in place.
+    """
 
-    @property
-    def work(self) -> Path:
-        return self.root / "work"
+    root: str
+    scratch: Path
 
+    @classmethod
+    def of(cls, cfg: BuildConfig) -> Layout:
+        return cls(cfg.out, scratch_dir(cfg))
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.root)
+
+    # -- local scratch
     @property
     def downloads(self) -> Path:
-        return self.work / "downloads"
+        return self.scratch / "downloads"
 
     @property
     def archive(self) -> Path:
-        return self.work / "ytdlp-archive.txt"
+        return self.scratch / "ytdlp-archive.txt"
 
     @property
     def ledger(self) -> Path:
-        return self.work / "ledger.sqlite"
-
-    def record(self, vid: str) -> Path:
-        return self.work / "videos" / f"{ids.check_safe(vid)}.json"
+        return self.scratch / "ledger.sqlite"
 
     def clips(self, vid: str) -> Path:
-        return self.work / "clips" / ids.check_safe(vid)
+        return self.scratch / "clips" / ids.check_safe(vid)
 
-    @property
-    def audit(self) -> Path:
-        return self.root / "audit"
+    # -- keys in the store
+    @staticmethod
+    def record(vid: str) -> str:
+        return f"work/videos/{ids.check_safe(vid)}.json"
+
+    @staticmethod
+    def clip(vid: str, clip_id: str) -> str:
+        return f"work/clips/{ids.check_safe(vid)}/{ids.check_safe(clip_id)}.mp4"
+
+
+def scratch_dir(cfg: BuildConfig) -> Path:
+    if cfg.scratch is not None:
+        return cfg.scratch
+    if not is_url(cfg.out):
+        return Path(cfg.out) / "work"
+    digest = hashlib.sha256(cfg.out.encode()).hexdigest()[:12]
+    return (
+        Path(os.environ.get("GENIE_SCRATCH", "~/.cache/open-genie/scratch")).expanduser() / digest
+    )
 
 
 def new_run_id() -> str:
@@ -126,9 +158,15 @@ def signature_hash(cfg: ClipConfig) -> str:
 
 
 @contextmanager
-def exclusive(root: Path) -> Iterator[None]:
-    """Hold ``root/.build.lock`` for a whole build: two builds on one data root would delete each
-    other's temporary files and race on the run-level state. A second build fails at once."""
+def exclusive(layout: Layout) -> Iterator[None]:
+    """Hold a lock file for a whole build: two builds on one data root would delete each other's
+    temporary files and race on the run-level state. A second build fails at once.
+
+    The lock is ``.build.lock`` in a local data root, or in the local scratch folder for a URL. A
+    lock file cannot guard an object store from many machines: there the deployment's concurrency
+    limit of 1 (prefect.yaml) keeps builds one at a time.
+    """
+    root = Path(layout.root) if layout.store.is_local else layout.scratch
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".build.lock", "w") as fh:
         try:
@@ -181,13 +219,13 @@ def _resolve_cached(
     entry: SourceEntry, i: int, cfg: BuildConfig
 ) -> tuple[list[Candidate], list[Rejection]]:
     key = hashlib.sha256(repr(entry).encode()).hexdigest()[:24]
-    path = Layout(cfg.out).work / "resolved" / f"{key}.json"
-    if path.exists():
-        d = json.loads(path.read_text())
-        return [Candidate(**{**d, "order": (i, 0)})], []
-    found, rejected = resolve_entry(entry, i, cfg.download, ledger=Ledger(Layout(cfg.out).ledger))
+    layout = Layout.of(cfg)
+    cached = layout.store.read_json_or(f"work/resolved/{key}.json", None)
+    if cached is not None:
+        return [Candidate(**{**cached, "order": (i, 0)})], []
+    found, rejected = resolve_entry(entry, i, cfg.download, ledger=Ledger(layout.ledger))
     if len(found) == 1 and not rejected and found[0].url == entry.url:
-        atomic.write_json(path, asdict(found[0]))
+        layout.store.write_json(f"work/resolved/{key}.json", asdict(found[0]))
     return found, rejected
 
 
@@ -196,11 +234,7 @@ def _resolve_cached(
 
 
 def read_record(layout: Layout, vid: str) -> dict[str, Any] | None:
-    path = layout.record(vid)
-    if not path.exists():
-        return None
-    with open(path, encoding="utf-8") as fh:
-        rec: dict[str, Any] = json.load(fh)
+    rec: dict[str, Any] | None = layout.store.read_json_or(layout.record(vid), None)
     return rec
 
 
@@ -244,7 +278,7 @@ def _write_record(
         "rows": rows,
         **extra,
     }
-    atomic.write_json(layout.record(c.video_id), rec)
+    layout.store.write_json(layout.record(c.video_id), rec)
     return rec
 
 
@@ -256,7 +290,7 @@ def fetch_video(c: Candidate, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
     Raises:
         TransientDownloadError: on a transient failure; no record is written, so it is retried.
     """
-    layout = Layout(cfg.out)
+    layout = Layout.of(cfg)
     if is_done(layout, c.video_id, cfg.retry_failed, signature_hash(cfg.clip)):
         return {"done": True}
     result = download(
@@ -286,7 +320,7 @@ def cut_video_stage(
     features_fn: Callable[[np.ndarray], dict[str, float]] = compute_features,
 ) -> dict[str, Any]:
     """Probe and clip a downloaded video, then write its record (the video is then done)."""
-    layout = Layout(cfg.out)
+    layout = Layout.of(cfg)
     if fetched.get("done"):
         rec = read_record(layout, c.video_id)
         assert rec is not None, f"record for {c.video_id} vanished"
@@ -337,7 +371,7 @@ def cut_video_stage(
             )
         )
         return _finish(layout, c, cfg, "error", rows, path, probe=pinfo)
-    clips = [asdict(cl) for cl in report.clips]
+    clips = _publish_clips(layout, c.video_id, [asdict(cl) for cl in report.clips])
     dropped = [{"start_s": s, "reason": r} for s, r in report.dropped]
     rows.append(
         audit.row(
@@ -369,6 +403,21 @@ def cut_video_stage(
     return _finish(
         layout, c, cfg, status, rows, path, probe=pinfo, clips=clips, dropped_spans=dropped
     )
+
+
+def _publish_clips(layout: Layout, vid: str, clips: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Put a video's cut clips in the store (a no-op when scratch is the local data root) and
+    record each clip's key, relative to the data root, as its path. Runs before the record is
+    written, so a record never names a clip the store does not hold."""
+    out = []
+    for cl in clips:
+        key = layout.clip(vid, cl["clip_id"])
+        layout.store.put_file(cl["path"], key)
+        out.append({**cl, "path": key})
+    if not layout.store.is_local:
+        for cl in clips:
+            Path(cl["path"]).unlink(missing_ok=True)
+    return out
 
 
 def _finish(

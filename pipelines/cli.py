@@ -48,11 +48,31 @@ def _need_data(path: str) -> Path:
     return p
 
 
+def _need_data_url(path: str) -> str | Path:
+    """A local data root (checked as :func:`_need_data`) or a URL such as s3://bucket/genie."""
+    from pipelines.store import Store, is_url
+
+    if not is_url(path) or path.startswith("file://"):
+        return _need_data(path.removeprefix("file://"))
+    try:
+        found = Store.at(path).walk("audit", ".parquet")
+    except Exception as exc:  # a missing driver, bad credentials, an unreachable endpoint
+        raise UsageError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    if not found:
+        raise UsageError(f"no audit log under {path}: is it a build-dataset output?")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 
 
 def cmd_dataset_build(a: argparse.Namespace) -> int:
     _need_file(a.sources, "sources file")
+    if a.runner.partition("://")[0] not in ("threads", "processes", "dask", "tcp", "ray"):
+        raise UsageError(
+            f"unknown --runner {a.runner!r}: threads, processes, dask, dask://HOST:PORT, ray, "
+            "ray://HOST:PORT"
+        )
     _quiet_prefect()
     from pipelines.flows.build_dataset import build_dataset
 
@@ -65,6 +85,10 @@ def cmd_dataset_build(a: argparse.Namespace) -> int:
         use_model=not a.no_model,
         shard_max_mb=a.shard_max_mb,
         dataset=a.dataset,
+        retry_failed=a.retry_failed,
+        runner=a.runner,
+        workers=a.workers,
+        scratch=a.scratch,
     )
     print(
         f"dataset {summary['version']}: kept {summary['n_kept']} of {summary['n_clips']} clips "
@@ -78,7 +102,7 @@ def cmd_dataset_build(a: argparse.Namespace) -> int:
 def cmd_audit_summary(a: argparse.Namespace) -> int:
     from filters import audit
 
-    data = _need_data(a.data)
+    data = _need_data_url(a.data)
     rows = audit.summary(data)
     if a.json:
         print(
@@ -97,7 +121,7 @@ def cmd_audit_summary(a: argparse.Namespace) -> int:
 def cmd_audit_explain(a: argparse.Namespace) -> int:
     from filters import audit
 
-    data = _need_data(a.data)
+    data = _need_data_url(a.data)
     rows = audit.explain(data, a.id)
     if not rows:
         print(f"no audit rows for {a.id!r}", file=sys.stderr)
@@ -130,10 +154,12 @@ def cmd_audit_explain(a: argparse.Namespace) -> int:
                 print(f"    weighed most (change in log-odds of 'good'): {weights}")
     clip = next((r for r in rows if r["clip_id"] == a.id), None)
     if clip is not None:
-        from filters.report import clip_path
+        from pipelines.build import Layout
+        from pipelines.store import Store
 
-        p = clip_path(data, clip["video_id"], a.id)
-        print(f"clip file: {p}{'' if p.exists() else ' (missing)'}")
+        store = Store.at(data)
+        key = Layout.clip(clip["video_id"], a.id)
+        print(f"clip file: {store.url(key)}{'' if store.exists(key) else ' (missing)'}")
     return 0
 
 
@@ -222,7 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b = ds.add_parser("build", help="run the build-dataset flow in this process (no server needed)")
     b.add_argument("--sources", required=True, help="YAML or text file of source URLs")
-    b.add_argument("--out", required=True, help="data root: manifest.json, shards/, audit/")
+    b.add_argument(
+        "--out",
+        required=True,
+        help="data root: manifest.json, shards/, audit/; a folder or a URL such as s3://bucket/genie",
+    )
     b.add_argument("--enable-file-urls", action="store_true", help="accept file:// URLs")
     b.add_argument(
         "--threshold", type=float, default=None, help="override the classifier threshold"
@@ -242,18 +272,32 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--retry-failed", action="store_true", help="retry videos that failed permanently before"
     )
+    b.add_argument(
+        "--runner",
+        default="threads",
+        help="where the per-video pass runs: threads (default), processes, dask, "
+        "dask://HOST:PORT, ray, ray://HOST:PORT",
+    )
+    b.add_argument(
+        "--workers", type=int, default=4, help="threads or processes on this machine (default 4)"
+    )
+    b.add_argument(
+        "--scratch",
+        default=None,
+        help="local folder for downloads and clips being cut when --out is a URL",
+    )
     b.set_defaults(fn=cmd_dataset_build)
 
     au = sub.add_parser("audit", help="why clips were kept or dropped").add_subparsers(
         dest="cmd", required=True, metavar="SUBCOMMAND"
     )
     s = au.add_parser("summary", help="counts per step, decision and reason")
-    s.add_argument("--data", required=True, help="a build-dataset output folder")
+    s.add_argument("--data", required=True, help="a build-dataset output folder or URL")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(fn=cmd_audit_summary)
     e = au.add_parser("explain", help="every audit row for a video or clip ID")
     e.add_argument("id", help="a video ID or clip ID")
-    e.add_argument("--data", required=True, help="a build-dataset output folder")
+    e.add_argument("--data", required=True, help="a build-dataset output folder or URL")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.add_argument(
         "--model", default=None, help="the clip filter the build used, if not the shipped one"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,11 @@ import numpy as np
 from filters import audit
 from filters.classifier import ClipClassifier, load_default
 from filters.features import FEATURE_VERSION
-from pipelines import atomic
 from pipelines.build import BuildConfig, Layout, Resolved, clip_signature, new_run_id, read_record
 from pipelines.clip import is_near_duplicate
 from pipelines.manifest import build_manifest, dataset_version, read_manifest, write_manifest
 from pipelines.shard import ShardSample, remove_stale_shards, shard_plan_digests, write_shards
+from pipelines.store import Store, is_url
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,24 @@ def load_model(cfg: BuildConfig) -> ClipClassifier | None:
     if not cfg.use_model:
         return None
     if cfg.model_path is not None:
-        return ClipClassifier.load(cfg.model_path)
+        src = str(cfg.model_path)
+        if is_url(src) and not src.startswith("file://"):
+            return _load_remote_model(src)
+        return ClipClassifier.load(src.removeprefix("file://"))
     return load_default()
+
+
+def _load_remote_model(url: str) -> ClipClassifier:
+    """A model (NAME.skops and its NAME.json card) from object storage, checked as a local one."""
+    parent, name = url.rsplit("/", 1)
+    store = Store.at(parent)
+    with tempfile.TemporaryDirectory(prefix="genie-model-") as tmp:
+        for n in (name, Path(name).with_suffix(".json").name):
+            try:
+                (Path(tmp) / n).write_bytes(store.read_bytes(n))
+            except FileNotFoundError:
+                raise ValueError(f"{parent}/{n} not found") from None
+        return ClipClassifier.load(Path(tmp) / name)
 
 
 def _key(r: Mapping[str, Any]) -> str:
@@ -84,9 +101,9 @@ def _dataset_records(layout: Layout, resolved: Resolved) -> list[dict[str, Any]]
     failed = {
         r.source_url for r in resolved.rejections if r.video_id is None and r.decision == "error"
     }
-    if failed and (layout.work / "videos").exists():
-        for p in sorted((layout.work / "videos").glob("*.json")):
-            rec = json.loads(p.read_text())
+    if failed:
+        for key in layout.store.keys("work/videos", "*.json"):
+            rec = layout.store.read_json(key)
             if rec["source_url"] in failed and rec["video_id"] not in seen:
                 recs.append(rec)
                 seen.add(rec["video_id"])
@@ -100,7 +117,9 @@ def _write_video_audit(layout: Layout, rec: Mapping[str, Any]) -> None:
     if not rows:
         return
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    audit.write_rows(layout.audit / "videos" / f"{rec['video_id']}-{digest}.parquet", list(rows))
+    audit.write_rows(
+        layout.store.url(f"audit/videos/{rec['video_id']}-{digest}.parquet"), list(rows)
+    )
 
 
 def _dedup(clips: Sequence[Mapping[str, Any]], max_bits: int) -> dict[str, str]:
@@ -134,15 +153,15 @@ def _scores(
     layout: Layout, model: ClipClassifier, clips: Sequence[Mapping[str, Any]]
 ) -> dict[str, float]:
     """Scores per clip, cached per model version: a clip is scored once per model."""
-    path = layout.work / "scores" / f"{model.version}.json"
-    cache: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+    key = f"work/scores/{model.version}.json"
+    cache: dict[str, float] = layout.store.read_json_or(key, {})
     todo = [cl for cl in clips if cl["clip_id"] not in cache]
     if todo:
         probs = model.score([cl["features"] for cl in todo])
         cache.update(
             {cl["clip_id"]: float(p) for cl, p in zip(todo, np.asarray(probs), strict=True)}
         )
-        atomic.write_json(path, cache)
+        layout.store.write_json(key, cache)
     return {cl["clip_id"]: cache[cl["clip_id"]] for cl in clips}
 
 
@@ -192,7 +211,9 @@ def finalize(
         extra_rows: audit rows made elsewhere in the run (transient download failures).
     """
     run_id = run_id or new_run_id()
-    layout = Layout(cfg.out)
+    layout = Layout.of(cfg)
+    store = layout.store
+    store.refresh()  # the per-video pass wrote from other processes (or machines)
     rows: list[dict[str, Any]] = [dict(r) for r in extra_rows]
     for rj in resolved.rejections:
         rows.append(
@@ -269,18 +290,14 @@ def finalize(
             )
         )
         if keep:
+            key = layout.clip(rec["video_id"], cl["clip_id"])
             samples.append(
-                ShardSample(
-                    cl["clip_id"],
-                    cl["path"],
-                    _sample_meta(rec, cl, cfg, s),
-                    Path(cl["path"]).stat().st_size,
-                )
+                ShardSample(cl["clip_id"], key, _sample_meta(rec, cl, cfg, s), store.size(key))
             )
 
-    prev = read_manifest(layout.root)
+    prev = read_manifest(store)
     prev_shards = {s["path"]: s for s in prev["shards"]} if prev else {}
-    shards = write_shards(layout.root, cfg.dataset, samples, cfg.shard_max_bytes, prev_shards)
+    shards = write_shards(store, cfg.dataset, samples, cfg.shard_max_bytes, prev_shards)
     plans = shard_plan_digests(samples, cfg.shard_max_bytes)
     shard_of = _shard_index(shards, samples)
     for rec, cl in unique:
@@ -330,8 +347,8 @@ def finalize(
         counts=counts,
         tools=_tools(),
     )
-    path = write_manifest(layout.root, manifest)
-    remove_stale_shards(layout.root, cfg.dataset, {s.path for s in shards})
+    path = write_manifest(store, manifest)
+    remove_stale_shards(store, cfg.dataset, {s.path for s in shards})
     log.info(
         "dataset %s: %d clips kept of %d in %d shards",
         version,
@@ -361,6 +378,8 @@ def _shard_index(shards: Sequence[Any], samples: Sequence[ShardSample]) -> dict[
         i += sh.n_samples
     return out
 
+
+_DECISIONS = "work/decisions.json"  # each audit key's last decision (see _write_changed_rows)
 
 # Run-level steps: decided afresh by every run over the whole dataset.
 _RUN_STEPS = ("resolve", "dedup", "score", "shard")
@@ -416,8 +435,7 @@ def _write_changed_rows(
 
     The file is named after its rows, so writing it again after a kill is a no-op.
     """
-    state_path = layout.work / "decisions.json"
-    state: dict[str, str] = json.loads(state_path.read_text()) if state_path.exists() else {}
+    state: dict[str, str] = layout.store.read_json_or(_DECISIONS, {})
     all_rows = [dict(r) for r in rows]
     all_rows += _leave_rows(state, {_key(r) for r in all_rows}, run_id, videos, entries)
     changed = [r for r in all_rows if state.get(_key(r)) != _sig(r)]
@@ -425,9 +443,9 @@ def _write_changed_rows(
         digest = hashlib.sha256(
             json.dumps([_key(r) + _sig(r) for r in changed]).encode()
         ).hexdigest()[:12]
-        audit.write_rows(layout.audit / "runs" / f"{run_id}-{digest}.parquet", changed)
+        audit.write_rows(layout.store.url(f"audit/runs/{run_id}-{digest}.parquet"), changed)
     state.update({_key(r): _sig(r) for r in all_rows})
-    atomic.write_json(state_path, state)
+    layout.store.write_json(_DECISIONS, state)
 
 
 def _counts(
@@ -435,7 +453,7 @@ def _counts(
 ) -> dict[str, dict[str, dict[str, int]]]:
     """Counts of the current decisions about the videos and entries the sources name now."""
     out: dict[str, dict[str, dict[str, int]]] = {}
-    for r in audit.current_rows(layout.root):
+    for r in audit.current_rows(layout.store.url()):
         if (r["video_id"] in videos) if r["video_id"] is not None else (r["source_url"] in entries):
             by_reason = out.setdefault(r["step"], {}).setdefault(r["decision"], {})
             by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1

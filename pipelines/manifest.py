@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipelines.atomic import write_json
 from pipelines.shard import ShardInfo
+from pipelines.store import Store, as_store
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -89,17 +89,14 @@ def build_manifest(
     }
 
 
-def write_manifest(root: Path, manifest: Mapping[str, Any]) -> Path:
-    path = root / MANIFEST_NAME
-    write_json(path, manifest)
-    return path
+def write_manifest(root: str | Path | Store, manifest: Mapping[str, Any]) -> str:
+    """Write ``manifest.json`` atomically (after the shards it names); returns its path or URL."""
+    store = as_store(root)
+    store.write_json(MANIFEST_NAME, manifest)
+    return store.url(MANIFEST_NAME)
 
 
-def read_manifest(root: Path) -> dict[str, Any] | None:
-    """The manifest under ``root``, or None when there is none yet."""
-    path = Path(root) / MANIFEST_NAME
-    if not path.exists():
-        return None
-    with open(path, encoding="utf-8") as fh:
-        data: dict[str, Any] = json.load(fh)
+def read_manifest(root: str | Path | Store) -> dict[str, Any] | None:
+    """The manifest under ``root`` (a path, an fsspec URL or a Store), or None when there is none."""
+    data: dict[str, Any] | None = as_store(root).read_json_or(MANIFEST_NAME, None)
     return data

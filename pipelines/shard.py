@@ -13,13 +13,15 @@ import hashlib
 import io
 import json
 import logging
+import os
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.atomic import atomic_path, sha256_file
+from pipelines.atomic import sha256_file
+from pipelines.store import Store, as_store
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ class ShardSample:
     """One kept clip as it goes into a shard."""
 
     clip_id: str  # the WebDataset key
-    mp4_path: str  # the clip file under work/clips/
+    mp4_path: str  # the clip: a key in the data root's store (work/clips/...) or an absolute path
     meta: dict[str, Any]  # the sample's JSON (DESIGN.md: clip_id, video_id, source_url, ...)
     size: int  # mp4 size in bytes, for packing
 
@@ -91,13 +93,17 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shard(path: Path, samples: Sequence[ShardSample]) -> str:
-    """Write one shard atomically and return its sha256."""
-    with atomic_path(path) as tmp:
+def _clip_bytes(store: Store, path: str) -> bytes:
+    return Path(path).read_bytes() if os.path.isabs(path) else store.read_bytes(path)
+
+
+def write_shard(store: Store, key: str, samples: Sequence[ShardSample]) -> str:
+    """Write one shard atomically (a local temporary file, then a rename or one PUT); its sha256."""
+    with store.writer(key) as tmp:
         # USTAR format: no pax headers with times or user names that vary between machines.
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for s in samples:
-                _add_member(tar, f"{s.clip_id}.mp4", Path(s.mp4_path).read_bytes())
+                _add_member(tar, f"{s.clip_id}.mp4", _clip_bytes(store, s.mp4_path))
                 _add_member(tar, f"{s.clip_id}.json", meta_bytes(s.meta))
         digest = sha256_file(tmp)
     return digest
@@ -114,7 +120,7 @@ def _plan_digest(samples: Sequence[ShardSample]) -> str:
 
 
 def write_shards(
-    root: Path,
+    root: str | Path | Store,
     dataset: str,
     samples: Sequence[ShardSample],
     max_bytes: int,
@@ -123,7 +129,7 @@ def write_shards(
     """Write all shards for ``samples`` under ``root/shards``; reuse shards that are unchanged.
 
     Args:
-        root: the data root.
+        root: the data root (a path, an fsspec URL or a Store).
         dataset: the dataset name, the shard file prefix.
         samples: kept clips in dataset order.
         max_bytes: the shard size limit in bytes.
@@ -132,29 +138,29 @@ def write_shards(
     Returns:
         The shards in order.
     """
+    store = as_store(root)
     previous = previous or {}
     out: list[ShardInfo] = []
     for i, group in enumerate(plan_shards(samples, max_bytes)):
         rel = f"shards/{dataset}-{i:06d}.tar"
-        path = root / rel
         plan = _plan_digest(group)
         prev = previous.get(rel)
         if (
             prev
             and prev.get("plan") == plan
-            and path.exists()
-            and sha256_file(path) == prev["sha256"]
+            and store.exists(rel)
+            and store.sha256(rel) == prev["sha256"]
         ):
             digest = prev["sha256"]
             log.debug("shard %s unchanged", rel)
         else:
-            digest = write_shard(path, group)
+            digest = write_shard(store, rel, group)
             log.info("wrote shard %s (%d samples)", rel, len(group))
         out.append(
             ShardInfo(
                 path=rel,
                 n_samples=len(group),
-                bytes=path.stat().st_size,
+                bytes=store.size(rel),
                 sha256=digest,
                 first=group[0].clip_id,
                 last=group[-1].clip_id,
@@ -168,12 +174,12 @@ def shard_plan_digests(samples: Sequence[ShardSample], max_bytes: int) -> list[s
     return [_plan_digest(g) for g in plan_shards(samples, max_bytes)]
 
 
-def remove_stale_shards(root: Path, dataset: str, keep: set[str]) -> list[str]:
+def remove_stale_shards(root: str | Path | Store, dataset: str, keep: set[str]) -> list[str]:
     """Delete ``shards/{dataset}-*.tar`` files not in ``keep`` (relative paths); returns them."""
+    store = as_store(root)
     removed = []
-    for p in sorted((root / "shards").glob(f"{dataset}-*.tar")):
-        rel = f"shards/{p.name}"
+    for rel in store.keys("shards", f"{dataset}-*.tar"):
         if rel not in keep:
-            p.unlink()
+            store.remove(rel)
             removed.append(rel)
     return removed

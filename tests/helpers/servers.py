@@ -33,6 +33,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,7 @@ class Server:
     flaky_failures: int
     slow_s: float = 1.0
     requests: list[tuple[str, str, str]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # time.monotonic() of each of ``requests``
     _flaky_seen: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -140,6 +142,7 @@ def _handler(srv: Server) -> type[BaseHTTPRequestHandler]:
             route, rel = self._route()
             with srv._lock:
                 srv.requests.append((self.command, route, rel))
+                srv.times.append(time.monotonic())
             file = (srv.root / rel).resolve()
             if route == "404" or not file.is_file() or srv.root.resolve() not in file.parents:
                 return self._error(404)

@@ -73,12 +73,24 @@ def test_build_dataset_deployment_runs_on_a_worker(
         ["prefect", "deployment", "ls"], env=stack, capture_output=True, text=True, timeout=120
     )
     assert "build-dataset/build-dataset" in ls.stdout and "train-genie/train-genie" in ls.stdout
+    # the download rate limit that holds across workers (a slot per download start, decaying)
+    gcl = subprocess.run(
+        ["prefect", "gcl", "inspect", "genie-download-rate", "--output", "json"],
+        env=stack,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert gcl.returncode == 0 and json.loads(gcl.stdout)["slot_decay_per_second"] > 0, gcl.stderr
+    # the per-video pass on a local Dask cluster of 2 worker processes, started by the flow run
     run = _run(
         stack,
         "build-dataset/build-dataset",
         f"sources={tiny_corpus / 'sources.yaml'}",
         f"out={out}",
         "enable_file_urls=true",
+        "runner=dask",
+        "workers=2",
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
