@@ -178,7 +178,7 @@ def make_task_runner(runner: str = "threads", workers: int = 4) -> TaskRunner[An
             from prefect_ray import RayTaskRunner
         except ImportError as exc:
             raise ValueError(
-                f"runner {runner!r} needs prefect-ray: pip install prefect-ray"
+                f"runner {runner!r} needs prefect-ray: pip install 'open-genie[ray]'"
             ) from exc
         if address:
             return cast(TaskRunner[Any], RayTaskRunner(address=runner))
