@@ -111,7 +111,7 @@ def _to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return pa.table(cols, schema=SCHEMA)
 
 
-def _remote(where: str | Path) -> bool:
+def is_remote(where: str | Path) -> bool:
     return "://" in str(where) and not str(where).startswith("file://")
 
 
@@ -124,7 +124,7 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> str | Path | Non
     """
     if not rows:
         return None
-    if _remote(path):
+    if is_remote(path):
         import fsspec
 
         fs, p = fsspec.core.url_to_fs(str(path))
@@ -151,7 +151,7 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> str | Path | Non
 def read_audit(data_dir: str | Path) -> pa.Table:
     """All audit rows under ``data_dir/audit`` (a path or an fsspec URL); an empty table with the
     schema when there are none."""
-    if _remote(data_dir):
+    if is_remote(data_dir):
         import fsspec
 
         fs, base = fsspec.core.url_to_fs(str(data_dir).rstrip("/") + "/audit")

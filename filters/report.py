@@ -75,10 +75,31 @@ def _histogram_uri(scores: Sequence[float], threshold: float | None) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _clip_cards(data_dir: Path, rows: Sequence[Mapping[str, Any]], limit: int) -> str:
+def _sheet(data_dir: str | Path, video_id: str, clip_id: str) -> np.ndarray | None:
+    """The clip's contact sheet; a clip in object storage is fetched to a temporary file first."""
+    if not audit.is_remote(data_dir):
+        return contact_sheet(
+            clip_path(Path(str(data_dir).removeprefix("file://")), video_id, clip_id)
+        )
+    import tempfile
+
+    import fsspec
+
+    url = f"{str(data_dir).rstrip('/')}/work/clips/{video_id}/{clip_id}.mp4"
+    with tempfile.TemporaryDirectory(prefix="genie-report-") as tmp:
+        local = Path(tmp) / "clip.mp4"
+        try:
+            with fsspec.open(url, "rb") as src:
+                local.write_bytes(src.read())
+        except FileNotFoundError:
+            return None
+        return contact_sheet(local)
+
+
+def _clip_cards(data_dir: str | Path, rows: Sequence[Mapping[str, Any]], limit: int) -> str:
     cards = []
     for r in rows[:limit]:
-        sheet = contact_sheet(clip_path(data_dir, r["video_id"], r["clip_id"]))
+        sheet = _sheet(data_dir, r["video_id"], r["clip_id"])
         img = (
             f'<img src="{_png_uri(sheet)}" alt="{html.escape(r["clip_id"])}">'
             if sheet is not None
@@ -92,9 +113,9 @@ def _clip_cards(data_dir: Path, rows: Sequence[Mapping[str, Any]], limit: int) -
     return "\n".join(cards) or "<p><i>none</i></p>"
 
 
-def write_report(data_dir: Path, out: Path, per_section: int = 24) -> Path:
-    """Write the HTML report for the build under ``data_dir`` to ``out``; returns ``out``."""
-    data_dir = Path(data_dir)
+def write_report(data_dir: str | Path, out: Path, per_section: int = 24) -> Path:
+    """Write the HTML report for the build under ``data_dir`` (a folder or an fsspec URL) to
+    ``out``; returns ``out``."""
     rows = audit.current_rows(data_dir)
     counts = audit.summary(data_dir)
     final = [r for r in rows if r["clip_id"] and r["step"] in ("score", "dedup")]

@@ -53,7 +53,9 @@ class BuildConfig:
     dataset: str = "genie"  # dataset name: the shard file prefix
     shard_max_bytes: int = 256 * 1024 * 1024  # shard size limit (WebDataset practice: 256 MB-1 GB)
     threshold: float | None = None  # override the classifier's threshold (no features recomputed)
-    model_path: Path | str | None = None  # a clip-filter model (.skops, a path or URL); None: the shipped default
+    model_path: Path | str | None = (
+        None  # a clip-filter model (.skops, a path or URL); None: the shipped default
+    )
     use_model: bool = True  # False: score nothing, keep every clip that passes the other steps
     retry_failed: bool = False  # also retry videos whose earlier failure was permanent
     keep_downloads: bool = True  # keep source files under work/downloads after cutting
@@ -238,12 +240,23 @@ def read_record(layout: Layout, vid: str) -> dict[str, Any] | None:
     return rec
 
 
+def read_records(layout: Layout, vids: list[str]) -> dict[str, dict[str, Any]]:
+    """The records of ``vids`` that exist, by video ID, fetched concurrently from the store."""
+    got = layout.store.read_json_many([layout.record(v) for v in vids])
+    return {rec["video_id"]: rec for rec in got.values()}
+
+
 def is_done(
-    layout: Layout, vid: str, retry_failed: bool = False, signature: str | None = None
+    layout: Layout,
+    vid: str,
+    retry_failed: bool = False,
+    signature: str | None = None,
+    rec: dict[str, Any] | None = None,
 ) -> bool:
     """A video is done when its record exists, was made with the same clip config and feature
-    version (``signature``; a change redoes the cut), and is not a failure the caller retries."""
-    rec = read_record(layout, vid)
+    version (``signature``; a change redoes the cut), and is not a failure the caller retries.
+    ``rec``: the record when the caller has already read it (see :func:`read_records`)."""
+    rec = rec if rec is not None else read_record(layout, vid)
     if rec is None:
         return False
     if (

@@ -176,7 +176,7 @@ def _model_for(version: str, path: str | None) -> Any:
 def cmd_audit_report(a: argparse.Namespace) -> int:
     from filters.report import write_report
 
-    data = _need_data(a.data)
+    data = _need_data_url(a.data)
     out = write_report(data, Path(a.out), per_section=a.per_section)
     print(f"report: {out}")
     return 0
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(fn=cmd_audit_explain)
     r = au.add_parser("report", help="an HTML page: counts, score histogram, contact sheets")
-    r.add_argument("--data", required=True, help="a build-dataset output folder")
+    r.add_argument("--data", required=True, help="a build-dataset output folder or URL")
     r.add_argument("--out", required=True, help="the HTML file to write")
     r.add_argument(
         "--per-section", type=int, default=24, help="clips shown per section (default 24)"

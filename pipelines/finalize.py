@@ -23,7 +23,7 @@ import numpy as np
 from filters import audit
 from filters.classifier import ClipClassifier, load_default
 from filters.features import FEATURE_VERSION
-from pipelines.build import BuildConfig, Layout, Resolved, clip_signature, new_run_id, read_record
+from pipelines.build import BuildConfig, Layout, Resolved, clip_signature, new_run_id, read_records
 from pipelines.clip import is_near_duplicate
 from pipelines.manifest import build_manifest, dataset_version, read_manifest, write_manifest
 from pipelines.shard import ShardSample, remove_stale_shards, shard_plan_digests, write_shards
@@ -92,8 +92,9 @@ def _dataset_records(layout: Layout, resolved: Resolved) -> list[dict[str, Any]]
     """
     recs: list[dict[str, Any]] = []
     seen: set[str] = set()
+    found = read_records(layout, [c.video_id for c in resolved.candidates])
     for c in resolved.candidates:
-        rec = read_record(layout, c.video_id)
+        rec = found.get(c.video_id)
         if rec is not None:
             rec["order"] = list(c.order)
             recs.append(rec)
@@ -122,11 +123,65 @@ def _write_video_audit(layout: Layout, rec: Mapping[str, Any]) -> None:
     )
 
 
+class NearIndex:
+    """Signatures within ``max_bits`` bits of a query, without comparing against every one.
+
+    Pigeonhole: cut the signature's bits into ``max_bits + 1`` bands; two signatures that differ
+    in at most ``max_bits`` bits agree on at least one whole band. So only signatures sharing a band
+    value with the query are compared exactly, and the answer is the same as comparing all of
+    them (``is_near_duplicate``), at about O(1) per query instead of O(n).
+    """
+
+    def __init__(self, max_bits: int) -> None:
+        self.max_bits = max_bits
+        self._bands: list[dict[int, list[int]]] = []
+        self._items: list[tuple[str, str]] = []  # (id, signature) in insertion order
+        self._nbits = 0
+
+    def _cut(self, sig: str) -> list[int]:
+        nbits = len(sig) * 4
+        if not self._items:
+            self._nbits = nbits
+            self._bands = [{} for _ in range(min(self.max_bits + 1, nbits))]
+        elif nbits != self._nbits:
+            raise ValueError(f"signature lengths differ: {nbits} != {self._nbits} bits")
+        v, n, k = int(sig, 16), len(self._bands), self._nbits
+        edges = [k * i // n for i in range(n + 1)]
+        return [
+            (v >> lo) & ((1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:], strict=False)
+        ]
+
+    def first_near(self, sig: str) -> str | None:
+        """The earliest added id whose signature is within ``max_bits`` of ``sig``, or None."""
+        if not self._items:
+            return None
+        if self.max_bits >= self._nbits:  # every signature is near every other
+            cands: set[int] | range = range(len(self._items))
+        else:
+            cands = {
+                i
+                for b, part in zip(self._bands, self._cut(sig), strict=True)
+                for i in b.get(part, ())
+            }
+        for i in sorted(cands):
+            cid, other = self._items[i]
+            if is_near_duplicate(other, sig, self.max_bits):
+                return cid
+        return None
+
+    def add(self, cid: str, sig: str) -> None:
+        parts = self._cut(sig)
+        i = len(self._items)
+        self._items.append((cid, sig))
+        for b, part in zip(self._bands, parts, strict=True):
+            b.setdefault(part, []).append(i)
+
+
 def _dedup(clips: Sequence[Mapping[str, Any]], max_bits: int) -> dict[str, str]:
     """clip_id -> the earlier clip it duplicates (exact content hash, then near-duplicate signature)."""
     dup_of: dict[str, str] = {}
     by_sha: dict[str, str] = {}
-    kept: list[tuple[str, str]] = []  # (clip_id, signature) of clips that are not duplicates
+    kept = NearIndex(max_bits)  # signatures of clips that are not duplicates
     for cl in clips:
         cid = cl["clip_id"]
         # the decoded frames' hash finds exact copies however they were encoded; the mp4 hash
@@ -136,16 +191,13 @@ def _dedup(clips: Sequence[Mapping[str, Any]], max_bits: int) -> dict[str, str]:
         if hit is not None:
             dup_of[cid] = hit
             continue
-        # O(n) per clip; fine for a sample corpus, a banded index is the way at crawl scale.
-        near = next(
-            (k for k, sig in kept if is_near_duplicate(sig, cl["signature"], max_bits)), None
-        )
+        near = kept.first_near(cl["signature"])
         if near is not None:
             dup_of[cid] = near
             continue
         for k in keys:
             by_sha[k] = cid
-        kept.append((cid, cl["signature"]))
+        kept.add(cid, cl["signature"])
     return dup_of
 
 
@@ -297,7 +349,11 @@ def finalize(
 
     prev = read_manifest(store)
     prev_shards = {s["path"]: s for s in prev["shards"]} if prev else {}
-    shards = write_shards(store, cfg.dataset, samples, cfg.shard_max_bytes, prev_shards)
+    verified = store.read_json_or(_VERIFIED, {})
+    shards = write_shards(
+        store, cfg.dataset, samples, cfg.shard_max_bytes, prev_shards, verified=verified
+    )
+    store.write_json(_VERIFIED, {s.path: verified[s.path] for s in shards if s.path in verified})
     plans = shard_plan_digests(samples, cfg.shard_max_bytes)
     shard_of = _shard_index(shards, samples)
     for rec, cl in unique:
@@ -379,6 +435,7 @@ def _shard_index(shards: Sequence[Any], samples: Sequence[ShardSample]) -> dict[
     return out
 
 
+_VERIFIED = "work/shards-verified.json"  # shard -> [sha256, store checksum] (shard.write_shards)
 _DECISIONS = "work/decisions.json"  # each audit key's last decision (see _write_changed_rows)
 
 # Run-level steps: decided afresh by every run over the whole dataset.

@@ -125,6 +125,7 @@ def write_shards(
     samples: Sequence[ShardSample],
     max_bytes: int,
     previous: dict[str, dict[str, Any]] | None = None,
+    verified: dict[str, list[str]] | None = None,
 ) -> list[ShardInfo]:
     """Write all shards for ``samples`` under ``root/shards``; reuse shards that are unchanged.
 
@@ -135,26 +136,27 @@ def write_shards(
         max_bytes: the shard size limit in bytes.
         previous: the previous manifest's shards by path (with ``sha256`` and ``plan``), so a shard
             whose content plan and file hash are unchanged is not rewritten.
+        verified: path -> ``[sha256, store checksum]`` of shards as last written or hashed; updated
+            in place. A shard whose store checksum (an object's ETag; a file's size, mtime and
+            inode) is unchanged since is not read again to hash it: a rebuild then reads no
+            unchanged shard, which matters for terabytes on object storage.
     Returns:
         The shards in order.
     """
     store = as_store(root)
     previous = previous or {}
+    verified = {} if verified is None else verified
     out: list[ShardInfo] = []
     for i, group in enumerate(plan_shards(samples, max_bytes)):
         rel = f"shards/{dataset}-{i:06d}.tar"
         plan = _plan_digest(group)
         prev = previous.get(rel)
-        if (
-            prev
-            and prev.get("plan") == plan
-            and store.exists(rel)
-            and store.sha256(rel) == prev["sha256"]
-        ):
+        if prev and prev.get("plan") == plan and _intact(store, rel, prev["sha256"], verified):
             digest = prev["sha256"]
             log.debug("shard %s unchanged", rel)
         else:
             digest = write_shard(store, rel, group)
+            verified[rel] = [digest, store.checksum(rel)]
             log.info("wrote shard %s (%d samples)", rel, len(group))
         out.append(
             ShardInfo(
@@ -167,6 +169,19 @@ def write_shards(
             )
         )
     return out
+
+
+def _intact(store: Store, rel: str, sha256: str, verified: dict[str, list[str]]) -> bool:
+    """Does ``rel`` hold the bytes with ``sha256``? Hashes it only if it changed since verified."""
+    if not store.exists(rel):
+        return False
+    ck = store.checksum(rel)
+    if verified.get(rel) == [sha256, ck]:
+        return True
+    if store.sha256(rel) != sha256:
+        return False
+    verified[rel] = [sha256, ck]
+    return True
 
 
 def shard_plan_digests(samples: Sequence[ShardSample], max_bytes: int) -> list[str]:

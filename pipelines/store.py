@@ -125,6 +125,20 @@ class Store:
         except FileNotFoundError:
             return default
 
+    def checksum(self, key: str) -> str:
+        """A token that changes when the file is rewritten (ETag for S3, size + mtime + inode
+        locally); cheap: no content is read."""
+        return str(self.fs.checksum(self._p(key)))
+
+    def read_json_many(self, keys: list[str]) -> dict[str, Any]:
+        """``{key: parsed JSON}`` for the keys that exist, fetched concurrently where the protocol
+        can (one request each, in parallel, on an object store): for thousands of small records."""
+        if not keys:
+            return {}
+        paths = {self._p(k): k for k in keys}
+        got = self.fs.cat(list(paths), on_error="omit")
+        return {paths[p]: json.loads(data) for p, data in got.items() if p in paths}
+
     def size(self, key: str) -> int:
         return int(self.fs.size(self._p(key)))
 

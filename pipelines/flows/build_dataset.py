@@ -46,6 +46,7 @@ from pipelines.build import (
     fetch_video,
     is_done,
     new_run_id,
+    read_records,
     resolve_sources,
     signature_hash,
     transient_failure_rows,
@@ -87,7 +88,9 @@ def resolve_task(cfg: BuildConfig) -> Resolved:
 )
 def download_task(c: Candidate, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
     remote = not c.url.startswith("file:")
-    if remote and not is_done(Layout.of(cfg), c.video_id, cfg.retry_failed, signature_hash(cfg.clip)):
+    if remote and not is_done(
+        Layout.of(cfg), c.video_id, cfg.retry_failed, signature_hash(cfg.clip)
+    ):
         # One slot of the server's download rate limit (a no-op when it has none): holds across
         # every worker and every machine, unlike a per-process limit. Local files are not limited.
         rate_limit(DOWNLOAD_RATE_LIMIT, occupy=1, strict=False)
@@ -170,8 +173,14 @@ def make_task_runner(runner: str = "threads", workers: int = 4) -> TaskRunner[An
             ) from exc
         if address:
             return cast(TaskRunner[Any], DaskTaskRunner(address=f"tcp://{address}"))
-        kwargs = {"n_workers": workers, "threads_per_worker": 1, "processes": True}
-        kwargs["dashboard_address"] = None  # type: ignore[assignment]
+        # the cluster's scheduler, workers and dashboard listen on 127.0.0.1 only (a free port)
+        kwargs: dict[str, Any] = {
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",
+        }
         return cast(TaskRunner[Any], DaskTaskRunner(cluster_kwargs=kwargs))
     if kind == "ray":
         try:
@@ -182,7 +191,10 @@ def make_task_runner(runner: str = "threads", workers: int = 4) -> TaskRunner[An
             ) from exc
         if address:
             return cast(TaskRunner[Any], RayTaskRunner(address=runner))
-        init = {"num_cpus": workers, "include_dashboard": False}
+        # Ray's own gRPC servers (gcs_server, raylet, workers) listened on every interface in
+        # ray 2.60 here even with a 127.0.0.1 node address: use local Ray on a trusted host only
+        # (docs/SCALING.md). The dask runner keeps everything on 127.0.0.1.
+        init = {"num_cpus": workers, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
         return cast(TaskRunner[Any], RayTaskRunner(init_kwargs=init))
     raise ValueError(
         f"unknown runner {runner!r}: threads, processes, dask, dask://HOST:PORT, ray, ray://HOST:PORT"
@@ -255,10 +267,13 @@ def _build(cfg: BuildConfig, layout: Layout, task_runner: TaskRunner[Any]) -> di
         logger.info("removed %d temporary files left by an interrupted run", removed)
 
     resolved = resolve_task(cfg)
+    recs = read_records(layout, [c.video_id for c in resolved.candidates])
+    sig = signature_hash(cfg.clip)
     todo = [
         c
         for c in resolved.candidates
-        if not is_done(layout, c.video_id, cfg.retry_failed, signature_hash(cfg.clip))
+        if c.video_id not in recs
+        or not is_done(layout, c.video_id, cfg.retry_failed, sig, recs[c.video_id])
     ]
     logger.info(
         "%d videos found, %d already done, %d to process",
