@@ -5,6 +5,10 @@ temporary name and renamed; the sidecar is written last, so a `.pt` without its 
 incomplete checkpoint and is ignored. The `.pt` holds only tensors and plain containers (dict,
 list, tuple, str, int, float, bool, None) so it loads with `torch.load(weights_only=True)`; RNG
 states are therefore stored as tensors (see `rng_state`).
+
+A `Mirror` keeps copies under a URL (`{checkpoint_url}/{run}/{stage}/`, same names): each finished
+checkpoint is uploaded `.pt` first, sidecar last, so the completeness rule holds there too, and a
+machine whose run folder is empty (a fresh pod) resumes from the newest complete copy.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from genie import remote
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +76,10 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
 
 
 def save_checkpoint(
-    ckpt_dir: str | Path, step: int, state: dict[str, Any], meta: dict[str, Any],
+    ckpt_dir: str | Path,
+    step: int,
+    state: dict[str, Any],
+    meta: dict[str, Any],
     keep_last: int | None = None,
 ) -> Path:
     """Write step_{step}.pt (state) then step_{step}.json (meta + step), then prune old ones.
@@ -97,10 +106,16 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    pt: str | Path, map_location: str | torch.device = "cpu",
+    pt: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    mmap: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(state, sidecar) of one checkpoint; the state is loaded with weights_only=True."""
-    state = torch.load(pt, map_location=map_location, weights_only=True)
+    """(state, sidecar) of one checkpoint; the state is loaded with weights_only=True.
+
+    mmap=True maps the file instead of reading it into memory (a large full state dict on rank 0).
+    """
+    state = torch.load(pt, map_location=map_location, weights_only=True, mmap=mmap)
     meta = json.loads(sidecar_path(pt).read_text())
     return state, meta
 
@@ -115,10 +130,17 @@ def rng_state() -> dict[str, Any]:
     py_version, py_keys, py_gauss = random.getstate()
     out: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": {"version": py_version, "keys": torch.tensor(py_keys, dtype=torch.int64),
-                   "gauss": py_gauss},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+        "python": {
+            "version": py_version,
+            "keys": torch.tensor(py_keys, dtype=torch.int64),
+            "gauss": py_gauss,
+        },
     }
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
@@ -129,8 +151,9 @@ def set_rng_state(s: dict[str, Any]) -> None:
     """Inverse of rng_state."""
     torch.set_rng_state(s["torch"].cpu())
     n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     p = s["python"]
     random.setstate((p["version"], tuple(int(k) for k in p["keys"].tolist()), p["gauss"]))
     if "cuda" in s and torch.cuda.is_available():
@@ -138,7 +161,9 @@ def set_rng_state(s: dict[str, Any]) -> None:
 
 
 def load_model_weights(
-    model: torch.nn.Module, path: str | Path, map_location: str | torch.device = "cpu",
+    model: torch.nn.Module,
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Load a Trainer checkpoint's model weights into `model` (e.g. the tokenizer to tokenize).
 
@@ -156,3 +181,56 @@ def load_model_weights(
     state, meta = load_checkpoint(pt, map_location)
     model.load_state_dict(state["model"])
     return {**meta, "path": str(pt)}
+
+
+# ------------------------------------------------------------------------------------------------
+# A copy of the checkpoints on object storage
+
+
+def mirror_url(base: str, run_dir: str | Path, stage: str) -> str:
+    """`{base}/{run}/{stage}`: run is the run folder's name (runs/genie -> genie)."""
+    return remote.join(base, Path(run_dir).resolve().name, stage)
+
+
+class Mirror:
+    """Copies of one stage's checkpoints under a URL (any fsspec URL, or a plain folder).
+
+    Objects are written in one upload each (atomic on object stores), the sidecar after its `.pt`,
+    and pruned sidecar first: a `.pt` with its `.json` is complete here as on disk.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def list(self) -> list[tuple[int, str]]:
+        """Complete remote checkpoints as (step, .pt name), oldest first."""
+        names = set(remote.list_names(self.url))
+        found = []
+        for name in names:
+            m = _STEP_RE.match(name)
+            if m and sidecar_path(name).name in names:
+                found.append((int(m.group(1)), name))
+        return sorted(found)
+
+    def latest_step(self) -> int | None:
+        found = self.list()
+        return found[-1][0] if found else None
+
+    def upload(self, pt: str | Path, keep_last: int | None = None) -> None:
+        """Upload a finished local checkpoint (.pt, then its sidecar), then prune old copies."""
+        pt = Path(pt)
+        remote.upload(pt, remote.join(self.url, pt.name))
+        remote.upload(sidecar_path(pt), remote.join(self.url, sidecar_path(pt).name))
+        if keep_last is not None:
+            for _, old in self.list()[:-keep_last]:
+                remote.remove(remote.join(self.url, sidecar_path(old).name))
+                remote.remove(remote.join(self.url, old))
+        log.info("checkpoint %s mirrored to %s", pt.name, self.url)
+
+    def fetch(self, step: int, ckpt_dir: str | Path) -> Path:
+        """Download checkpoint `step` into ckpt_dir (atomically, sidecar last); the local .pt."""
+        pt = checkpoint_path(ckpt_dir, step)
+        remote.download(remote.join(self.url, pt.name), pt)
+        remote.download(remote.join(self.url, sidecar_path(pt).name), sidecar_path(pt))
+        log.info("checkpoint step %d fetched from %s", step, self.url)
+        return pt

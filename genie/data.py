@@ -16,6 +16,9 @@ exactly from a batch count:
 
 Token shards (`write_token_shards`) store each clip's encoder output once, so dynamics training
 does not run the tokenizer every step; `token_loader` streams windows of them the same way.
+
+The dataset root may be an fsspec URL (`s3://bucket/prefix`): manifest.json is read and each shard
+is opened as an fsspec stream (genie.remote), so shards are streamed, not downloaded first.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from genie import remote
+
 log = logging.getLogger(__name__)
 
 Sample = dict[str, Any]  # one tar sample: {"__key__", "__url__", "mp4", "json", ...} as bytes
@@ -54,25 +59,34 @@ CountItems = Callable[[Sample], int]  # how many items make_sample will give, wi
 
 
 def resolve_shards(data: str | Path | Sequence[str | Path]) -> tuple[list[str], str | None]:
-    """Shard paths and dataset version from a data dir (its manifest.json) or a list of tar paths.
+    """Shard paths and dataset version from a data root (its manifest.json) or a list of tars.
+
+    The root (or any shard) may be an fsspec URL (`s3://bucket/prefix`): the manifest is read and
+    the shards are later streamed through fsspec (genie.remote); a plain path never touches fsspec.
 
     Returns:
-        (paths in manifest order, the manifest's `version` or None for a plain list)
+        (paths or URLs in manifest order, the manifest's `version` or None for a plain list)
     """
-    if isinstance(data, (str, Path)) and Path(data).is_dir():
-        root = Path(data)
-        manifest = json.loads((root / "manifest.json").read_text())
-        paths = [str(root / s["path"]) for s in manifest["shards"]]
+    if isinstance(data, (str, Path)) and _is_root(data):
+        manifest = json.loads(remote.read_text(remote.join(data, "manifest.json")))
+        paths = [remote.join(data, s["path"]) for s in manifest["shards"]]
         version = manifest.get("version")
     else:
         items = [data] if isinstance(data, (str, Path)) else list(data)
         paths, version = [str(p) for p in items], None
     if not paths:
         raise ValueError(f"no shards in {data!r}")
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"missing shards: {missing[:3]}")
+    gone = remote.missing(paths)
+    if gone:
+        raise FileNotFoundError(f"missing shards: {gone[:3]}")
     return paths, version
+
+
+def _is_root(data: str | Path) -> bool:
+    """A dataset root: a local folder, or a URL with a manifest.json under it."""
+    if remote.is_url(data):
+        return remote.is_file(remote.join(data, "manifest.json"))
+    return Path(data).is_dir()
 
 
 def split_shards(
@@ -88,9 +102,12 @@ def split_shards(
 
 
 def iter_samples(paths: Sequence[str]) -> Iterator[Sample]:
-    """Samples of tar files in order, grouped by key (webdataset's tar iterators)."""
+    """Samples of tar files in order, grouped by key (webdataset's tar iterators).
+
+    A URL is streamed through fsspec (read front to back in blocks), not downloaded first.
+    """
     for path in paths:
-        with open(path, "rb") as fh:
+        with remote.open_read(path) as fh:
             files = ({**f, "__url__": path} for f in tar_file_iterator(fh))
             yield from group_by_keys(files)
 

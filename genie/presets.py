@@ -220,6 +220,18 @@ def paper() -> GenieConfig:
 
 PRESETS = {"tiny": tiny, "small": small, "coinrun": coinrun, "paper": paper}
 
+# How a preset trains under torchrun (genie.train.TrainConfig.strategy): a full replica per GPU
+# (DDP) suits the small presets; paper()'s 10.1B-parameter dynamics model needs ~160 GB for fp32
+# weights, gradients and AdamW state, more than one GPU holds, so it is sharded (FSDP).
+STRATEGY = {"tiny": "ddp", "small": "ddp", "coinrun": "ddp", "paper": "fsdp"}
+
+
+def train_strategy(preset: str, choice: str = "auto") -> str:
+    """The strategy to train `preset` with: `choice` unless it is "auto", else STRATEGY[preset]."""
+    if choice not in ("auto", "ddp", "fsdp"):
+        raise ValueError(f"strategy must be auto, ddp or fsdp, got {choice!r}")
+    return STRATEGY.get(preset, "ddp") if choice == "auto" else choice
+
 
 def count_parameters(config: GenieConfig) -> dict[str, int]:
     """Trainable parameters per component, built on the meta device (no memory is allocated).

@@ -17,6 +17,11 @@ steps than done or checkpointed) raises StageChanged naming the fields, unless o
 then the old folder is moved aside to `{folder}.superseded-{old fingerprint}-{unix time}` and the
 stage runs in a fresh folder. Under torchrun every rank runs the stage; only rank 0 writes markers
 and moves folders.
+
+How a stage is trained, as opposed to what it trains, is not part of its identity: the world size,
+the strategy (DDP or FSDP, `genie.presets.train_strategy`) and the checkpoint mirror URL
+(`checkpoint_url`: checkpoints are also uploaded to `{checkpoint_url}/{run}/{stage}/`, and a run
+folder without checkpoints resumes from there). The data root may be an fsspec URL.
 """
 
 from __future__ import annotations
@@ -41,9 +46,17 @@ import torch
 from genie import checkpoint as ckpt
 from genie import data as D
 from genie import distributed as gdist
+from genie import remote
 from genie.dynamics import DynamicsModel
 from genie.lam import LatentActionModel
-from genie.presets import PRESETS, DynamicsConfig, GenieConfig, LAMConfig, TokenizerConfig
+from genie.presets import (
+    PRESETS,
+    DynamicsConfig,
+    GenieConfig,
+    LAMConfig,
+    TokenizerConfig,
+    train_strategy,
+)
 from genie.tokenizer import VideoTokenizer
 from genie.train import TrainConfig, Trainer, paper_config, with_overrides
 
@@ -126,7 +139,7 @@ def dataset_version(data: str | Path | Sequence[str | Path]) -> str:
     paths, version = D.resolve_shards(data)
     if version:
         return str(version)
-    ident = [(Path(p).name, Path(p).stat().st_size) for p in paths]
+    ident = [(Path(p).name, remote.size(p)) for p in paths]
     return "files-" + _hash(ident)
 
 
@@ -293,6 +306,11 @@ def video_config(
     )
 
 
+def how_trained(preset: str, strategy: str = "auto", checkpoint_url: str = "") -> dict[str, Any]:
+    """TrainConfig fields that say how, not what, a stage trains (not part of its identity)."""
+    return {"strategy": train_strategy(preset, strategy), "mirror": checkpoint_url}
+
+
 def _fit(
     model: torch.nn.Module,
     loader: D.ShardLoader,
@@ -300,11 +318,14 @@ def _fit(
     run_dir: Path,
     meta: dict[str, Any],
 ) -> tuple[dict[str, float], str | None]:
-    found = ckpt.list_checkpoints(run_dir / tcfg.stage)
-    if found and found[-1][0] > tcfg.steps:  # an interrupted longer run of the same inputs
+    found = [s for s, _ in ckpt.list_checkpoints(run_dir / tcfg.stage)]
+    if tcfg.mirror:
+        mirror = ckpt.Mirror(ckpt.mirror_url(tcfg.mirror, run_dir, tcfg.stage))
+        found += [s for s, _ in mirror.list()]
+    if found and max(found) > tcfg.steps:  # an interrupted longer run of the same inputs
         raise StageChanged(
-            f"{run_dir / tcfg.stage} has a checkpoint at step {found[-1][0]} > steps {tcfg.steps}: "
-            "ask for at least that many steps, or use another run dir"
+            f"{run_dir / tcfg.stage} (or its mirror) has a checkpoint at step {max(found)} > steps "
+            f"{tcfg.steps}: ask for at least that many steps, or use another run dir"
         )
     trainer = Trainer(model, loader, tcfg, run_dir, meta=meta)
     try:
@@ -321,7 +342,7 @@ def _fit(
 def _train_video_stage(
     stage: str, data: str | Path, run_dir: str | Path, preset: str, steps: int, *,
     batch_size: int | None, num_workers: int, seed: int, overrides: dict[str, Any] | None,
-    on_change: str,
+    on_change: str, strategy: str, checkpoint_url: str,
 ) -> StageResult:
     run = Path(run_dir)
     cfg = genie_config(preset)
@@ -336,7 +357,8 @@ def _train_video_stage(
         model = (VideoTokenizer(config=cfg.tokenizer) if stage == "tokenizer"
                  else LatentActionModel(config=cfg.lam))
         loader = D.video_loader(data, video_config(cfg, bs, num_workers, seed))
-        tcfg = train_config(stage, preset, steps, seed=seed, overrides=overrides)
+        tcfg = with_overrides(train_config(stage, preset, steps, seed=seed, overrides=overrides),
+                              **how_trained(preset, strategy, checkpoint_url))
         meta = {**inputs, "stage": stage, "genie_config": asdict(cfg)}  # read by genie.play
         return _fit(model, loader, tcfg, run, meta)
 
@@ -346,9 +368,10 @@ def _train_video_stage(
 def train_tokenizer(
     data: str | Path, run_dir: str | Path, preset: str, steps: int, *,
     batch_size: int | None = None, num_workers: int = 2, seed: int = 0,
-    overrides: dict[str, Any] | None = None, on_change: str = "error",
+    overrides: dict[str, Any] | None = None, on_change: str = "error", strategy: str = "auto",
+    checkpoint_url: str = "",
 ) -> StageResult:
-    """Train the video tokenizer on `data` (a build-dataset folder) into run_dir/tokenizer.
+    """Train the video tokenizer on `data` (a build-dataset folder or URL) into run_dir/tokenizer.
 
     Args:
         preset: a genie.presets.PRESETS name; clips are area-resized to its frame size.
@@ -357,21 +380,27 @@ def train_tokenizer(
         num_workers: DataLoader workers per rank (clamped to shards per rank).
         overrides: TrainConfig fields (lr, warmup_steps, ckpt_every, ...).
         on_change: "error" or "rerun" when the folder holds work with other inputs.
+        strategy: "ddp" or "fsdp" under torchrun; "auto" = the preset's (presets.train_strategy).
+        checkpoint_url: also keep checkpoints under {checkpoint_url}/{run}/{stage}/ (fsspec URL);
+            "" = local only.
     """
     return _train_video_stage("tokenizer", data, run_dir, preset, steps, batch_size=batch_size,
                               num_workers=num_workers, seed=seed, overrides=overrides,
-                              on_change=on_change)
+                              on_change=on_change, strategy=strategy,
+                              checkpoint_url=checkpoint_url)
 
 
 def train_lam(
     data: str | Path, run_dir: str | Path, preset: str, steps: int, *,
     batch_size: int | None = None, num_workers: int = 2, seed: int = 0,
-    overrides: dict[str, Any] | None = None, on_change: str = "error",
+    overrides: dict[str, Any] | None = None, on_change: str = "error", strategy: str = "auto",
+    checkpoint_url: str = "",
 ) -> StageResult:
     """Train the latent action model into run_dir/lam (arguments as train_tokenizer)."""
     return _train_video_stage("lam", data, run_dir, preset, steps, batch_size=batch_size,
                               num_workers=num_workers, seed=seed, overrides=overrides,
-                              on_change=on_change)
+                              on_change=on_change, strategy=strategy,
+                              checkpoint_url=checkpoint_url)
 # fmt: on
 
 
@@ -466,8 +495,11 @@ def train_dynamics(
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
     on_change: str = "error",
+    strategy: str = "auto",
+    checkpoint_url: str = "",
 ) -> StageResult:
-    """Train the MaskGIT dynamics model on run_dir/tokens into run_dir/dynamics."""
+    """Train the MaskGIT dynamics model on run_dir/tokens into run_dir/dynamics (arguments as
+    train_tokenizer)."""
     run, cfg = Path(run_dir), genie_config(preset)
     bs = batch_size or DEFAULT_BATCH.get(preset, 8)
     tokens = run / STAGES["tokenize"].folder
@@ -489,7 +521,10 @@ def train_dynamics(
             batch_size=bs, frames=cfg.dynamics.max_frames, num_workers=num_workers, seed=seed
         )
         loader = D.token_loader(tokens, dcfg)
-        tcfg = train_config("dynamics", preset, steps, seed=seed, overrides=overrides)
+        tcfg = with_overrides(
+            train_config("dynamics", preset, steps, seed=seed, overrides=overrides),
+            **how_trained(preset, strategy, checkpoint_url),
+        )
         meta = {**inputs, "stage": "dynamics", "genie_config": asdict(cfg)}  # read by genie.play
         return _fit(model, loader, tcfg, run, meta)
 
@@ -530,7 +565,7 @@ def default_steps(stage: str, preset: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m genie.stages", description=__doc__.split("\n")[0])
     p.add_argument("stage", choices=sorted(STAGES))
-    p.add_argument("--data", help="build-dataset folder (manifest.json + shards/)")
+    p.add_argument("--data", help="build-dataset folder or URL (manifest.json + shards/)")
     # --run-dir under torchrun: its own parser rejects --run as ambiguous (--run-path)
     p.add_argument("--run", "--run-dir", dest="run", required=True, help="run folder")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
@@ -539,6 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--on-change", choices=("error", "rerun"), default="error")
+    p.add_argument("--strategy", choices=("auto", "ddp", "fsdp"), default="auto",
+                   help="under torchrun; auto = the preset's (fsdp for paper, else ddp)")  # fmt: skip
+    p.add_argument("--checkpoint-url", default="",
+                   help="also keep checkpoints under URL/RUN/STAGE/ and resume from there")  # fmt: skip
     a = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -547,11 +586,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         kw: dict[str, Any] = {"on_change": a.on_change}
         if a.stage != "tokenize":
-            kw.update(batch_size=a.batch_size, num_workers=a.num_workers, seed=a.seed)
+            kw.update(batch_size=a.batch_size, num_workers=a.num_workers, seed=a.seed,
+                      strategy=a.strategy, checkpoint_url=a.checkpoint_url)  # fmt: skip
         res = run_stage(a.stage, data=a.data, run_dir=a.run, preset=a.preset, steps=a.steps, **kw)
     finally:
         gdist.cleanup()
-    if dist.is_main:
+    if dist.local_rank == 0:  # one result per node: the launcher on every node reads one
         sys.stdout.write(
             json.dumps(
                 {k: v for k, v in res.to_dict().items() if k != "inputs"}, indent=2, default=str

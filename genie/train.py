@@ -3,15 +3,18 @@
 The model is passed in and only has to provide `loss(batch) -> (loss, metrics)`; data is any
 iterator of batches (a `genie.data.ShardLoader` is resumable). The Trainer owns the optimizer
 (AdamW, the paper's betas 0.9/0.9 and weight decay 1e-4), the schedule (linear warmup, cosine
-decay to min_lr), gradient accumulation and clipping, bf16 autocast on CUDA (fp32 on CPU), DDP
-under torchrun, optional torch.compile, step-numbered checkpoints and metrics (metrics.jsonl, and
-TensorBoard when installed). It is Stateful (torchtitan's Trainer): `state_dict` holds model,
-optimizer, schedule step, data position and every rank's RNG states, so that N steps straight and
-k steps + resume to N give the same parameters.
+decay to min_lr), gradient accumulation and clipping, bf16 autocast on CUDA (fp32 on CPU), DDP or
+FSDP2 under torchrun (`strategy`; genie.fsdp), optional torch.compile, step-numbered checkpoints
+(optionally mirrored to object storage) and metrics (metrics.jsonl, and TensorBoard when
+installed). It is Stateful (torchtitan's Trainer): `state_dict` holds model, optimizer, schedule
+step, data position and every rank's RNG states, so that N steps straight and k steps + resume to
+N give the same parameters.
 
 Files under `run_dir/{stage}/`: `step_{n:07d}.pt` + `.json` (see genie.checkpoint),
 `metrics.jsonl` (one JSON object per logged step; after a resume, steps past the checkpoint may
-appear twice: the later line wins), `tb/` (TensorBoard events).
+appear twice: the later line wins), `tb/` (TensorBoard events). With `mirror` set, each checkpoint
+is also uploaded to `{mirror}/{run}/{stage}/` and a run folder without checkpoints resumes from
+there.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genie import checkpoint as ckpt
 from genie import distributed as gdist
+from genie import fsdp as gfsdp
 
 log = logging.getLogger(__name__)
 
 STAGES = ("tokenizer", "lam", "dynamics")
+STRATEGIES = ("ddp", "fsdp")
 
 
 class LossModel(Protocol):
@@ -74,6 +79,10 @@ class TrainConfig:
     count_flops: bool = True  # count FLOPs of the first step (FlopCounterMode) for MFU
     peak_flops: float | None = None  # per-device peak FLOP/s for MFU; None = guess from GPU name
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+    # Under torchrun: "ddp" (a full replica per rank) or "fsdp" (FSDP2: parameters, gradients and
+    # optimizer state sharded, one unit per ST block); one process ignores it.
+    strategy: str = "ddp"
+    mirror: str = ""  # URL (or folder) checkpoints are copied to: {mirror}/{run}/{stage}/; "" = off
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.grad_accum < 1 or self.log_every < 1 or self.ckpt_every < 1:
@@ -86,6 +95,8 @@ class TrainConfig:
             raise ValueError("grad_clip must be > 0 or None")
         if self.keep_last < 1 or self.eval_every < 0:
             raise ValueError("keep_last must be >= 1 and eval_every >= 0")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
 
 
 def paper_config(stage: str, **overrides: Any) -> TrainConfig:
@@ -96,8 +107,11 @@ def paper_config(stage: str, **overrides: Any) -> TrainConfig:
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    base = (dict(lr=3e-4, min_lr=3e-4, warmup_steps=10_000, steps=300_000) if stage == "tokenizer"
-            else dict(lr=3e-5, min_lr=3e-6, warmup_steps=5_000, steps=200_000))
+    base = (
+        dict(lr=3e-4, min_lr=3e-4, warmup_steps=10_000, steps=300_000)
+        if stage == "tokenizer"
+        else dict(lr=3e-5, min_lr=3e-6, warmup_steps=5_000, steps=200_000)
+    )
     merged = {**base, "stage": stage, **overrides}
     merged["warmup_steps"] = min(merged["warmup_steps"], merged["steps"])
     return TrainConfig(**merged)
@@ -111,13 +125,29 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+def optimizer_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Trainable (name, parameter) in the optimizer's order: matrices, then the rest."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [(n, p) for n, p in named if p.dim() >= 2] + [(n, p) for n, p in named if p.dim() < 2]
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (nanoGPT's split)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW with weight decay on matrices only (nanoGPT's split).
+
+    Under FSDP each group is split again into sharded and replicated parameters (genie.fsdp).
+    """
+    params = [p for _, p in optimizer_params(model)]
+    any_sharded = bool(gfsdp.split_sharded(params)[0])
+    groups = []
+    for decay, part in (
+        (cfg.weight_decay, [p for p in params if p.dim() >= 2]),
+        (0.0, [p for p in params if p.dim() < 2]),
+    ):
+        sharded, plain = gfsdp.split_sharded(part)
+        if sharded:
+            groups.append({"params": sharded, "weight_decay": decay})
+        if plain or not any_sharded:  # without FSDP: always the same two groups
+            groups.append({"params": plain, "weight_decay": decay})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
@@ -147,8 +177,17 @@ def batch_size_of(batch: Any) -> int:
 
 
 # Dense bf16 peak FLOP/s per device, by name fragment (vendor datasheets); MFU is None if unknown.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
-             "L4": 121e12, "4090": 165e12, "3090": 71e12, "V100": 125e12}
+PEAK_BF16 = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+    "4090": 165e12,
+    "3090": 71e12,
+    "V100": 125e12,
+}
 
 
 def device_peak_flops(device: torch.device) -> float | None:
@@ -174,7 +213,8 @@ class Trainer:
 
     Args:
         model: an nn.Module with `loss(batch) -> (scalar loss, {name: float})`; built and seeded
-            by the caller (identically on every rank; DDP broadcasts rank 0's weights anyway).
+            by the caller identically on every rank (DDP broadcasts rank 0's weights anyway; FSDP
+            checks that they are equal). Under FSDP its parameters become shards (genie.fsdp).
         data: an iterator of batches for this rank (per-rank micro-batch); if it has
             state_dict/load_state_dict (genie.data.ShardLoader) its position is checkpointed.
         cfg: the TrainConfig.
@@ -185,8 +225,14 @@ class Trainer:
     """
 
     def __init__(
-        self, model: nn.Module, data: Iterator[Any], cfg: TrainConfig, run_dir: str | Path, *,
-        meta: dict[str, Any] | None = None, tokens_fn: Callable[[Any], int] | None = None,
+        self,
+        model: nn.Module,
+        data: Iterator[Any],
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        *,
+        meta: dict[str, Any] | None = None,
+        tokens_fn: Callable[[Any], int] | None = None,
         eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
         dist_info: gdist.DistInfo | None = None,
     ) -> None:
@@ -195,19 +241,28 @@ class Trainer:
         self.dist = dist_info or gdist.current()
         self.device = self.dist.device
         self.dir = Path(run_dir) / cfg.stage
+        self.fsdp = self.dist.distributed and cfg.strategy == "fsdp"
+        self.mirror: ckpt.Mirror | None = None  # the stage's checkpoint copies on object storage
+        if cfg.mirror:
+            self.mirror = ckpt.Mirror(ckpt.mirror_url(cfg.mirror, run_dir, cfg.stage))
         seed_everything(cfg.seed + self.dist.rank)
-        self.model = model.to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg)
+        # under FSDP the model is moved unit by unit while sharding (genie.fsdp.shard)
+        self.model = model if self.fsdp else model.to(self.device)
         self.step = 0  # optimizer steps taken
         self.flops_per_step: float | None = None  # this rank's FLOPs per optimizer step
         self.last_metrics: dict[str, float] = {}
         self._restored = False
         self._saved_step = -1
         module: nn.Module = _LossModule(self.model)
-        if self.dist.distributed:
+        self._replicated: list[nn.Parameter] = []  # FSDP: parameters kept whole on every rank
+        if self.fsdp:  # in place: the model's parameters become DTensor shards
+            self._replicated = gfsdp.shard(
+                module, self.model, self.device, replicate=cfg.sync_params
+            )
+        elif self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            module = DDP(module, device_ids=ids,
-                         find_unused_parameters=cfg.find_unused_parameters)
+            module = DDP(module, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters)
+        self.optimizer = build_optimizer(self.model, cfg)  # after sharding: it holds the shards
         self._eager = module
         self._fwd = torch.compile(module) if cfg.compile else module
         self._window = {"t0": time.perf_counter(), "steps": 0, "samples": 0, "tokens": 0}
@@ -215,17 +270,44 @@ class Trainer:
 
     # -- Stateful ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and plain containers only (weights_only-loadable). Collective under DDP."""
+        """Tensors and plain containers only (weights_only-loadable). Collective when distributed.
+
+        Under FSDP the model and optimizer entries are full state dicts on rank 0 ({} elsewhere),
+        the optimizer's keyed by parameter name (genie.fsdp).
+        """
+        if self.fsdp:
+            model_sd, optim_sd = gfsdp.full_state(self.model, self.optimizer)
+        else:
+            model_sd, optim_sd = self.model.state_dict(), self.optimizer.state_dict()
         data_sd = self.data.state_dict() if hasattr(self.data, "state_dict") else None
-        return {"step": self.step, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "schedule": {"step": self.step, "lr": lr_at(max(self.step - 1, 0), self.cfg)},
-                "data": data_sd, "rng": gdist.all_gather_objects(ckpt.rng_state()),
-                "flops_per_step": self.flops_per_step}
+        return {
+            "step": self.step,
+            "model": model_sd,
+            "optimizer": optim_sd,
+            "schedule": {"step": self.step, "lr": lr_at(max(self.step - 1, 0), self.cfg)},
+            "data": data_sd,
+            "rng": gdist.all_gather_objects(ckpt.rng_state()),
+            "flops_per_step": self.flops_per_step,
+        }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.optimizer.load_state_dict(sd["optimizer"])
+        """Inverse of state_dict. Under FSDP only rank 0's model and optimizer entries are read
+        (the other ranks may pass {}); collective then."""
+        osd = sd["optimizer"]
+        if self.fsdp:
+            if self.dist.is_main and osd and not gfsdp.keyed_by_name(osd):  # a DDP checkpoint
+                osd = gfsdp.optimizer_to_names(osd, [n for n, _ in optimizer_params(self.model)])
+            gfsdp.load_full_state(
+                self.model,
+                self.optimizer,
+                sd["model"] if self.dist.is_main else {},
+                osd if self.dist.is_main else {},
+            )
+        else:
+            self.model.load_state_dict(sd["model"])
+            if gfsdp.keyed_by_name(osd):  # an FSDP checkpoint
+                osd = gfsdp.optimizer_to_ids(osd, self.model, self.optimizer)
+            self.optimizer.load_state_dict(osd)
         self.step = int(sd["step"])
         self.flops_per_step = sd.get("flops_per_step")
         if sd.get("data") is not None and hasattr(self.data, "load_state_dict"):
@@ -234,29 +316,79 @@ class Trainer:
         if len(rngs) == self.dist.world_size:
             ckpt.set_rng_state(rngs[self.dist.rank])
         else:  # world size changed: the run goes on, but not bit-for-bit
-            log.warning("checkpoint from %d ranks, now %d: reseeding", len(rngs),
-                        self.dist.world_size)
+            log.warning(
+                "checkpoint from %d ranks, now %d: reseeding", len(rngs), self.dist.world_size
+            )
             seed_everything(self.cfg.seed + self.dist.rank + 7919 * self.step)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self) -> Path | None:
-        """Write a checkpoint of the current step (rank 0 writes; every rank must call)."""
+        """Write a checkpoint of the current step (rank 0 writes; every rank must call), then
+        upload it to the mirror if there is one."""
         state = self.state_dict()
         path = None
         if self.dist.is_main:
-            meta = {**self.meta, "stage": self.cfg.stage, "config": asdict(self.cfg),
-                    "metrics": self.last_metrics, "world_size": self.dist.world_size}
+            meta = {
+                **self.meta,
+                "stage": self.cfg.stage,
+                "config": asdict(self.cfg),
+                "metrics": self.last_metrics,
+                "world_size": self.dist.world_size,
+                "strategy": "fsdp" if self.fsdp else "ddp",
+            }
             path = ckpt.save_checkpoint(self.dir, self.step, state, meta, self.cfg.keep_last)
+            if self.mirror is not None:
+                self.mirror.upload(path, self.cfg.keep_last)
         gdist.barrier()
         self._saved_step = self.step
         return path
 
+    def _checkpoint_step(self) -> int | None:
+        """Step of the checkpoint to resume from: the newest complete one here or on the mirror,
+        as rank 0 sees them (every rank resumes from the same one)."""
+        step = None
+        if self.dist.is_main:
+            found = ckpt.list_checkpoints(self.dir)
+            steps = [found[-1][0]] if found else []
+            if self.mirror is not None and (remote_step := self.mirror.latest_step()) is not None:
+                steps.append(remote_step)
+            step = max(steps, default=None)
+        return gdist.broadcast_object(step)
+
     def restore(self) -> bool:
-        """Load the newest complete checkpoint in run_dir/{stage}, if any."""
-        path = ckpt.latest_checkpoint(self.dir)
-        if path is None:
+        """Load the newest complete checkpoint of run_dir/{stage} or its mirror, if any.
+
+        A checkpoint only on the mirror is downloaded into run_dir/{stage} first (by each node's
+        local rank 0; under FSDP by rank 0 alone, the only rank that reads the file).
+        """
+        step = self._checkpoint_step()
+        if step is None:
             return False
-        state, _ = ckpt.load_checkpoint(path, map_location=self.device)
+        path = ckpt.checkpoint_path(self.dir, step)
+        reads = self.dist.is_main or not self.fsdp
+        fetches = self.dist.is_main if self.fsdp else self.dist.local_rank == 0
+        if fetches and self.mirror is not None and not ckpt.sidecar_path(path).is_file():
+            self.mirror.fetch(step, self.dir)
+        gdist.barrier()
+        state: dict[str, Any] = {}
+        if reads and not path.is_file():
+            raise FileNotFoundError(
+                f"rank {self.dist.rank}: {path} not found, but rank 0 resumes from step {step}: "
+                "share the run folder between nodes, or set a checkpoint mirror"
+            )
+        if reads:
+            state, _ = ckpt.load_checkpoint(
+                path, map_location="cpu" if self.fsdp else self.device, mmap=self.fsdp
+            )
+        if self.fsdp:  # the small entries from rank 0; model and optimizer go through DCP
+            small = gdist.broadcast_object(
+                {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+            )
+            state = {
+                **small,
+                "model": state.get("model", {}),
+                "optimizer": state.get("optimizer", {}),
+            }
         self.load_state_dict(state)
         self._saved_step = self.step
         log.info("resumed %s at step %d", path, self.step)
@@ -300,14 +432,23 @@ class Trainer:
             self._window["samples"] += batch_size_of(batch)
             self._window["tokens"] += self.tokens_fn(batch) if self.tokens_fn else 0
             count = cfg.count_flops and self.flops_per_step is None and micro == 0
+            if self.fsdp and micro == 0:  # rank 0's buffers everywhere, where DDP syncs them
+                gfsdp.broadcast_buffers(self.model)  # (the forward after a synced one)
             loss, metrics = self._micro_step(batch, micro == cfg.grad_accum - 1, count)
             loss_sum += loss
             for k, v in metrics.items():  # 0-d tensors stay on the device until logged
                 v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
                 sums[k] = sums.get(k, 0.0) + v
         out: dict[str, Any] = {k: v / cfg.grad_accum for k, v in sums.items()}
+        if self.fsdp:
+            gfsdp.reduce_replicated_grads(self._replicated)
         if cfg.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            params = list(self.model.parameters())
+            norm = (
+                gfsdp.clip_grad_norm_(params, cfg.grad_clip)
+                if self.fsdp
+                else torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            )
             out["grad_norm"] = norm  # a tensor until logged: no device sync per step
         self.optimizer.step()
         self._sync_params()
@@ -321,7 +462,7 @@ class Trainer:
     def _sync_params(self) -> None:
         if not self.dist.distributed or not self.cfg.sync_params:
             return
-        for name, p in self.model.named_parameters():
+        for name, p in self.model.named_parameters():  # under FSDP these are the replicated ones
             if any(s in name for s in self.cfg.sync_params):
                 torch.distributed.broadcast(p.data, src=0)
 
@@ -340,8 +481,11 @@ class Trainer:
             metrics = self.train_step()
             if self.step % self.cfg.log_every == 0 or self.step == target:
                 self._log(metrics)
-            if self.eval_fn is not None and self.cfg.eval_every and \
-                    self.step % self.cfg.eval_every == 0:
+            if (
+                self.eval_fn is not None
+                and self.cfg.eval_every
+                and self.step % self.cfg.eval_every == 0
+            ):
                 self._evaluate()
             if self.step % self.cfg.ckpt_every == 0 and self.step != target:
                 self.save()
@@ -351,7 +495,7 @@ class Trainer:
 
     def _evaluate(self) -> None:
         self.model.eval()
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self._autocast(), gfsdp.unsharded(self._eager):
             res = self.eval_fn(self.model)  # type: ignore[misc]
         res = gdist.all_reduce_mean({f"eval/{k}": float(v) for k, v in res.items()}, self.device)
         self._write({"step": self.step, **res})
@@ -377,8 +521,9 @@ class Trainer:
         self._window.update(t0=time.perf_counter(), steps=0, samples=0, tokens=0)
         self.last_metrics = vals
         self._write({"step": self.step, **vals})
-        log.info("%s step %d loss %.4f lr %.2e", self.cfg.stage, self.step, vals["loss"],
-                 vals["lr"])
+        log.info(
+            "%s step %d loss %.4f lr %.2e", self.cfg.stage, self.step, vals["loss"], vals["lr"]
+        )
 
     def _write(self, row: dict[str, Any]) -> None:
         if not self.dist.is_main:

@@ -1,8 +1,10 @@
 """The model commands of the ``genie`` CLI: train (tokenizer | lam | dynamics), tokenize, evaluate.
 
-Each runs one genie.stages stage in this process (single process; for several processes use
-``torchrun --standalone --nproc_per_node K -m genie.stages STAGE ...``). A stage already done with
-the same inputs is skipped; an interrupted one resumes from its newest checkpoint.
+Each runs one genie.stages stage in this process (single process, so no torchrun or strategy
+options here; for several processes or nodes use the train-genie flow's nproc/nnodes/rdzv_*
+parameters, or ``torchrun ... -m genie.stages STAGE ...`` as docs/SCALING.md shows). A stage already
+done with the same inputs is skipped; an interrupted one resumes from its newest checkpoint, here or
+under ``--checkpoint-url``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ def _usage(msg: str) -> Exception:
 
 
 def _need_dataset(path: str | None) -> str:
+    from genie import remote
+
     if path is None:
         raise _usage("--data is required")
-    if not (Path(path) / "manifest.json").is_file():
+    if not remote.is_file(remote.join(path, "manifest.json")):
         raise _usage(f"no manifest.json in {path}: is it a build-dataset output folder?")
     return path
 
@@ -69,9 +73,18 @@ def cmd_train(a: argparse.Namespace) -> int:
         data = None
     else:
         data = _need_dataset(a.data)
-    return _run(a.stage, data=data, run_dir=a.out, preset=a.preset, steps=a.steps,
-                batch_size=a.batch_size, num_workers=a.num_workers, seed=a.seed,
-                on_change="rerun" if a.rerun else "error")  # fmt: skip
+    return _run(
+        a.stage,
+        data=data,
+        run_dir=a.out,
+        preset=a.preset,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        num_workers=a.num_workers,
+        seed=a.seed,
+        on_change="rerun" if a.rerun else "error",
+        checkpoint_url=a.checkpoint_url,
+    )
 
 
 def cmd_tokenize(a: argparse.Namespace) -> int:
@@ -117,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(
             "--data",
             required=stage != "dynamics",
-            help="build-dataset folder" + (" (unused)" if stage == "dynamics" else ""),
+            help="build-dataset folder or URL" + (" (unused)" if stage == "dynamics" else ""),
         )
         p.add_argument("--preset", required=True, choices=presets, help="model size preset")
         p.add_argument("--out", required=True, help="run folder (RUN_DIR)")
@@ -130,6 +143,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--batch-size", type=int, default=None, help="clips per batch")
         p.add_argument("--num-workers", type=int, default=2, help="data loader workers")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--checkpoint-url",
+            default="",
+            help="also keep checkpoints under URL/RUN/STAGE/ (e.g. s3://bucket/runs) "
+            "and resume from there when RUN_DIR has none",
+        )
         p.add_argument("--rerun", action="store_true",
                        help="if RUN_DIR holds this stage made with other inputs, move it aside "
                             "and start afresh (default: refuse)")  # fmt: skip

@@ -4,8 +4,10 @@ DAG: tokenizer || LAM -> tokenize shards -> dynamics -> evaluate -> model card. 
 tagged ``gpu`` (a tag concurrency limit of one per GPU keeps stages from sharing a device); the
 deployment runs on the ``gpu`` work pool. A stage already complete for the same inputs is skipped
 (the stage's DONE marker, see :mod:`genie.stages`); a stage that crashed resumes from its newest
-checkpoint when the task is retried or the flow is run again. With ``nproc > 1`` a stage runs under
-``torchrun`` (DDP) in a subprocess; otherwise in this process.
+checkpoint when the task is retried or the flow is run again. Each stage runs in a subprocess:
+under ``torchrun --standalone`` with ``nproc > 1`` (one node), or joining a rendezvous with
+``nnodes > 1`` (many nodes: the same flow, same parameters, runs on every node; see
+docs/SCALING.md), DDP or FSDP per ``strategy``.
 """
 
 from __future__ import annotations
@@ -21,24 +23,36 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from genie import remote
+from genie.distributed import parse_nnodes, torchrun_args
 from genie.stages import code_version
 
 GPU_TAG = "gpu"
 
 
 def run_stage_process(
-    stage: str, data: str, run: str, preset: str, steps: int | None, nproc: int, on_change: str
+    stage: str,
+    data: str,
+    run: str,
+    preset: str,
+    steps: int | None,
+    on_change: str,
+    launcher: list[str] | None = None,
+    extra: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run one stage in its own process (under torchrun when ``nproc > 1``) and return its result.
+    """Run one stage in its own process and return its result (as this node printed it).
 
     A process per stage keeps the trainer's global RNG seeding and memory to itself, and a crash
     (an OOM, a killed worker) fails only this task, which then resumes from its newest checkpoint.
+
+    Args:
+        launcher: arguments between ``python`` and ``-m genie.stages`` (genie.distributed's
+            torchrun_args); none runs the stage as one plain process.
+        extra: more ``genie.stages`` options (--strategy, --checkpoint-url).
     """
-    launcher = [sys.executable]
-    if nproc > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [
-        *launcher,
+        sys.executable,
+        *(launcher or []),
         "-m",
         "genie.stages",
         stage,
@@ -53,6 +67,7 @@ def run_stage_process(
         cmd += ["--data", data]
     if steps is not None:
         cmd += ["--steps", str(steps)]
+    cmd += extra or []
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"stage {stage} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
@@ -69,37 +84,54 @@ def run_stage_process(
     name="train-tokenizer", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE
 )
 def tokenizer_task(
-    data: str, run: str, preset: str, steps: int, nproc: int, on_change: str
+    data: str,
+    run: str,
+    preset: str,
+    steps: int,
+    on_change: str,
+    launcher: list[str],
+    extra: list[str],
 ) -> dict[str, Any]:
-    return run_stage_process("tokenizer", data, run, preset, steps, nproc, on_change)
+    return run_stage_process("tokenizer", data, run, preset, steps, on_change, launcher, extra)
 
 
 @task(name="train-lam", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def lam_task(
-    data: str, run: str, preset: str, steps: int, nproc: int, on_change: str
+    data: str,
+    run: str,
+    preset: str,
+    steps: int,
+    on_change: str,
+    launcher: list[str],
+    extra: list[str],
 ) -> dict[str, Any]:
-    return run_stage_process("lam", data, run, preset, steps, nproc, on_change)
+    return run_stage_process("lam", data, run, preset, steps, on_change, launcher, extra)
 
 
 @task(
     name="tokenize-shards", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE
 )
-def tokenize_task(data: str, run: str, preset: str, on_change: str) -> dict[str, Any]:
-    return run_stage_process("tokenize", data, run, preset, None, 1, on_change)
+def tokenize_task(
+    data: str, run: str, preset: str, on_change: str, launcher: list[str]
+) -> dict[str, Any]:
+    return run_stage_process("tokenize", data, run, preset, None, on_change, launcher)
 
 
 @task(
     name="train-dynamics", tags=[GPU_TAG], retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE
 )
-def dynamics_task(run: str, preset: str, steps: int, nproc: int, on_change: str) -> dict[str, Any]:
-    return run_stage_process("dynamics", "", run, preset, steps, nproc, on_change)
+def dynamics_task(
+    run: str, preset: str, steps: int, on_change: str, launcher: list[str], extra: list[str]
+) -> dict[str, Any]:
+    return run_stage_process("dynamics", "", run, preset, steps, on_change, launcher, extra)
 
 
 @task(name="evaluate", tags=[GPU_TAG], cache_policy=NO_CACHE)
 def evaluate_task(run: str, data: str, clips: int, maskgit_steps: int) -> dict[str, Any]:
     from genie.evaluate import evaluate
 
-    metrics: dict[str, Any] = evaluate(Path(run), Path(data), n_clips=clips, steps=maskgit_steps)
+    # data stays a string: it may be a URL
+    metrics: dict[str, Any] = evaluate(Path(run), data, n_clips=clips, steps=maskgit_steps)
     return metrics
 
 
@@ -157,10 +189,10 @@ def curves_markdown(run: Path) -> str:
 
 def lineage_of(data: str, preset: str, steps: dict[str, int]) -> dict[str, Any]:
     """What made this model: the dataset's manifest facts, the code version, the presets."""
-    m = json.loads((Path(data) / "manifest.json").read_text())
+    m = json.loads(remote.read_text(remote.join(data, "manifest.json")))
     return {
         "dataset_version": m["version"],
-        "dataset": str(Path(data).resolve()),
+        "dataset": data if remote.is_url(data) else str(Path(data).resolve()),
         "sources_hash": m.get("sources_hash"),
         "classifier_version": (m.get("classifier") or {}).get("version"),
         "classifier_threshold": (m.get("classifier") or {}).get("threshold"),
@@ -182,47 +214,101 @@ def train_genie(
     eval_clips: int = 4,
     maskgit_steps: int = 8,
     rerun_changed: bool = False,
+    nnodes: int | str = 1,
+    node_rank: int = 0,
+    rdzv_endpoint: str = "",
+    rdzv_id: str = "",
+    rdzv_backend: str = "c10d",
+    strategy: str = "auto",
+    checkpoint_url: str = "",
 ) -> dict[str, Any]:
     """Train the tokenizer and LAM, tokenize the shards, train dynamics, evaluate, write a card.
 
     Args:
-        data: a build-dataset output folder (its manifest.json names the shards and version).
+        data: a build-dataset output folder or URL (its manifest.json names the shards and version).
         run: the run folder: one subfolder per stage, eval/, MODEL_CARD.md.
         preset: model sizes: tiny (tests), small (CPU demo), coinrun (paper App. F), paper.
         tokenizer_steps: optimizer steps for the video tokenizer.
         lam_steps: optimizer steps for the latent action model.
         dynamics_steps: optimizer steps for the dynamics model.
-        nproc: processes (GPUs) per stage; above 1 a stage runs under torchrun.
+        nproc: processes (GPUs) per stage on this node; above 1 a stage runs under torchrun.
         eval_clips: held-out clips for evaluation.
         maskgit_steps: MaskGIT steps per generated frame in evaluation (the paper uses 25).
         rerun_changed: a stage whose inputs changed (new dataset version, preset, code) is retrained
             in a fresh folder (the old one is kept aside); when False such a run stops with an error.
+        nnodes: nodes per stage, N or "MIN:MAX" (elastic). Above 1, run this flow with the same
+            parameters on every node; each stage's torchrun agents meet at rdzv_endpoint.
+        node_rank: this node, 0..N-1: torchrun's --node_rank with the static backend; with any
+            backend, only node 0 evaluates and writes the model card.
+        rdzv_endpoint: HOST:PORT of the rendezvous, reachable from every node; "" = one node.
+        rdzv_id: the job's rendezvous id, the same on every node; "" = genie-{run folder name}.
+            Each stage adds its name to it.
+        rdzv_backend: c10d (hosted by the torchrun agent on HOST), static, etcd, etcd-v2.
+        strategy: ddp, fsdp, or auto (the preset's: fsdp for paper, ddp for the others).
+        checkpoint_url: an fsspec URL (s3://bucket/prefix) to copy checkpoints to, as
+            URL/{run folder name}/{stage}/; a run folder without checkpoints resumes from there.
     """
     log = get_run_logger()
-    if not (Path(data) / "manifest.json").exists():
+    if not remote.is_file(remote.join(data, "manifest.json")):
         raise FileNotFoundError(f"no dataset at {data}: run build-dataset first (no manifest.json)")
     run = str(Path(run).resolve())
-    data = str(Path(data).resolve())
-    # Parallel where the paper's staging allows it: the tokenizer and the LAM share no inputs.
+    data = data if remote.is_url(data) else str(Path(data).resolve())
+    rid = rdzv_id or f"genie-{Path(run).name}"
+    multi = parse_nnodes(nnodes)[1] > 1 or bool(rdzv_endpoint)
+
+    def launcher(stage: str, n: int) -> list[str]:
+        return torchrun_args(
+            nproc=n,
+            nnodes=nnodes,
+            node_rank=node_rank,
+            rdzv_endpoint=rdzv_endpoint,
+            rdzv_id=f"{rid}-{stage}",
+            rdzv_backend=rdzv_backend,
+        )
+
+    launcher("tokenizer", nproc)  # a bad combination fails here, before anything starts
+    extra = ["--strategy", strategy] + (
+        ["--checkpoint-url", checkpoint_url] if checkpoint_url else []
+    )
     oc = "rerun" if rerun_changed else "error"
-    tok = tokenizer_task.submit(data, run, preset, tokenizer_steps, nproc, oc)
-    lam = lam_task.submit(data, run, preset, lam_steps, nproc, oc)
-    tokens = tokenize_task.submit(data, run, preset, oc, wait_for=[tok, lam])  # type: ignore[call-overload]
-    dyn = dynamics_task.submit(run, preset, dynamics_steps, nproc, oc, wait_for=[tokens])  # type: ignore[call-overload]
-    ev = evaluate_task.submit(run, data, eval_clips, maskgit_steps, wait_for=[dyn])  # type: ignore[call-overload]
+    tok = tokenizer_task.submit(
+        data, run, preset, tokenizer_steps, oc, launcher("tokenizer", nproc), extra
+    )
+    # The tokenizer and the LAM share no inputs: in parallel on one node. Across nodes one job at a
+    # time: the agent hosting a c10d rendezvous exits with its job, taking the rendezvous with it.
+    lam = lam_task.submit(
+        data,
+        run,
+        preset,
+        lam_steps,
+        oc,
+        launcher("lam", nproc),
+        extra,
+        wait_for=[tok] if multi else [],
+    )  # type: ignore[call-overload]
+    # tokenize: one process on one node; across nodes every node joins and ranks split the shards
+    tokens = tokenize_task.submit(
+        data, run, preset, oc, launcher("tokenize", nproc if multi else 1), wait_for=[tok, lam]
+    )  # type: ignore[call-overload]
+    dyn = dynamics_task.submit(
+        run, preset, dynamics_steps, oc, launcher("dynamics", nproc), extra, wait_for=[tokens]
+    )  # type: ignore[call-overload]
     results = {
         "tokenizer": tok.result(),
         "lam": lam.result(),
         "tokenize": tokens.result(),
         "dynamics": dyn.result(),
     }
-    metrics = ev.result()
+    skipped = [s for s, r in results.items() if r.get("skipped")]
+    if node_rank != 0:  # another node's flow run evaluates and writes the card
+        log.info("train-genie node %d done (skipped: %s)", node_rank, ", ".join(skipped) or "none")
+        return {"run": run, "node_rank": node_rank, "skipped": skipped, "pid": os.getpid()}
+    metrics = evaluate_task(run, data, eval_clips, maskgit_steps)
     steps = {"tokenizer": tokenizer_steps, "lam": lam_steps, "dynamics": dynamics_steps}
     lineage = lineage_of(data, preset, steps)
     card = card_task(
         run, lineage
     )  # the card reads each stage's marker and eval/metrics.json itself
-    skipped = [s for s, r in results.items() if r.get("skipped")]
     log.info("train-genie done: %s (skipped: %s)", card, ", ".join(skipped) or "none")
     table = [
         {
