@@ -88,7 +88,7 @@ def dask_s3_build(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[str, dict[str, Any], dict[str, float]]:
     """A build on a local Dask cluster of 2 worker processes into a fresh S3 bucket, with a
-    download rate limit of 1 per second on the Prefect server."""
+    download rate limit of one per 2 seconds on the Prefect server."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
@@ -100,7 +100,7 @@ def dask_s3_build(
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(
             GlobalConcurrencyLimitCreate(
-                name=DOWNLOAD_RATE_LIMIT, limit=1, slot_decay_per_second=1.0
+                name=DOWNLOAD_RATE_LIMIT, limit=1, slot_decay_per_second=0.5
             )
         )
         try:
@@ -167,13 +167,15 @@ def test_shards_stream_back_from_s3(
 def test_download_rate_limit_holds_across_dask_workers(
     dask_s3_build: tuple[str, dict[str, Any], dict[str, float]],
 ) -> None:
-    # Limit 1 slot decaying at 1 per second: downloads start at least ~1 s apart, whichever of
-    # the two worker processes runs them. (Without the limit, gaps of 0.2 s were seen here.)
+    # Limit 1 slot decaying at 0.5 per second: downloads start ~2 s apart, whichever of
+    # the two worker processes runs them. A start is seen as the task's first GET, which can
+    # lag its slot by up to ~1 s on a busy machine (a worker's first yt-dlp call loads its
+    # extractors), so the bound is loose; without the limit, gaps of 0.2-0.4 s were seen here.
     _, _, gets = dask_s3_build
     times = sorted(gets.values())
     assert len(times) == sum(WANT.values())
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert min(gaps) >= 0.75, gaps
+    assert min(gaps) >= 0.9, gaps
 
 
 def test_a_fresh_machine_rebuilds_from_s3_without_redoing_anything(
@@ -195,16 +197,17 @@ def test_a_fresh_machine_rebuilds_from_s3_without_redoing_anything(
     assert audit.read_audit(url).num_rows == n_rows  # no decision recorded twice
 
 
-def test_ray_gives_the_same_dataset_version(
+@pytest.mark.parametrize("runner", ["ray", "processes"])
+def test_ray_and_a_process_pool_give_the_same_dataset_version(
+    runner: str,
     local_build: tuple[Path, dict[str, Any]],
     served: tuple[Server, Path],
     tmp_path: Path,
 ) -> None:
-    pytest.importorskip(
-        "prefect_ray", reason="prefect-ray is not installed (pip install prefect-ray)"
-    )
+    if runner == "ray":
+        pytest.importorskip("prefect_ray", reason="prefect-ray is not installed (open-genie[ray])")
     _, ls = local_build
-    summary = _build(served[1], str(tmp_path / "data"), runner="ray", workers=2)
+    summary = _build(served[1], str(tmp_path / "data"), runner=runner, workers=2)
     assert summary["version"] == ls["version"]
 
 
@@ -269,3 +272,32 @@ def test_an_existing_dask_cluster_gives_the_same_dataset_version(
     summary = _build(served[1], url, runner=f"dask://{dask_cluster}", scratch=str(tmp_path / "s"))
     assert summary["version"] == ls["version"]
     assert len(Store.at(url).keys("work/videos", "*.json")) == sum(WANT.values())
+
+
+def test_the_audit_cli_reads_a_data_root_on_s3(
+    dask_s3_build: tuple[str, dict[str, Any], dict[str, float]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipelines.cli import main
+
+    url, summary, _ = dask_s3_build
+    assert main(["audit", "summary", "--data", url, "--json"]) == 0
+    counts = {
+        (r["step"], r["decision"], r["reason"]): r["count"]
+        for r in json.loads(capsys.readouterr().out)
+    }
+    assert counts[("shard", "keep", "in_shard")] == summary["n_kept"]
+    kept = next(r for r in audit.current_rows(url) if r["step"] == "shard")
+    assert main(["audit", "explain", "--data", url, kept["clip_id"]]) == 0
+    said = capsys.readouterr().out
+    assert "score=" in said and f"clip file: {url}/work/clips/" in said and "(missing)" not in said
+    report = tmp_path / "report.html"
+    assert main(["audit", "report", "--data", url, "--out", str(report)]) == 0
+    page = report.read_text()
+    # a contact sheet per clip, fetched from the bucket (none "missing")
+    assert (
+        page.count('<img src="data:image/png') >= summary["n_kept"]
+        and "clip file missing" not in page
+    )
+    assert main(["audit", "summary", "--data", url + "-nothing-here"]) == 2
