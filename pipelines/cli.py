@@ -183,7 +183,7 @@ def cmd_audit_report(a: argparse.Namespace) -> int:
 
 
 def cmd_filter_train(a: argparse.Namespace) -> int:
-    _need_data(a.data)
+    _need_data_url(a.data)
     _need_file(a.labels, "labels file")
     _quiet_prefect()
     from pipelines.flows.train_clip_filter import train_clip_filter

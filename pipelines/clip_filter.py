@@ -9,19 +9,22 @@ Output folder layout (versioned: a model never overwrites another)::
 
     OUT/{version}/clip_filter.skops, clip_filter.json (model card), report.{json,md}, pr_curve.png
     OUT/clip_filter.skops, OUT/clip_filter.json   the newest model (what build-dataset loads)
+
+The build folder and OUT may be fsspec URLs (s3://...), as build-dataset's data root may be.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from filters.train import TrainResult, read_labels, train_classifier, write_report
+from pipelines.store import Store, is_url
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,8 @@ def _url_stem(url: str) -> str:
     return Path(unquote(urlsplit(url).path)).stem
 
 
-def collect_examples(data_dir: Path, labels_csv: Path) -> Examples:
-    """Pair every labelled clip of a build with its features.
+def collect_examples(data_dir: str | Path, labels_csv: Path) -> Examples:
+    """Pair every labelled clip of a build (a folder or an fsspec URL) with its features.
 
     Raises:
         ValueError: when no labelled clip is found (wrong data folder or ID scheme).
@@ -53,8 +56,10 @@ def collect_examples(data_dir: Path, labels_csv: Path) -> Examples:
     kinds: list[str] = []
     cids: list[str] = []
     used: set[str] = set()
-    for path in sorted((Path(data_dir) / "work" / "videos").glob("*.json")):
-        rec = json.loads(path.read_text())
+    store = Store.at(data_dir)
+    recs = store.read_json_many(store.keys("work/videos", "*.json"))
+    for rec_key in sorted(recs):
+        rec = recs[rec_key]
         vkeys = [rec["video_id"], _url_stem(rec["url"])]
         for cl in rec.get("clips") or []:
             key = next((k for k in (cl["clip_id"], *vkeys) if k in labels), None)
@@ -78,12 +83,30 @@ def collect_examples(data_dir: Path, labels_csv: Path) -> Examples:
 
 
 def train_and_save(
-    ex: Examples, out: Path, target_precision: float = 0.9, seed: int = 0
+    ex: Examples, out: str | Path, target_precision: float = 0.9, seed: int = 0
 ) -> tuple[TrainResult, Path]:
-    """Train, write the versioned model and report, and make it the newest model under ``out``."""
+    """Train, write the versioned model and report, and make it the newest model under ``out``.
+
+    ``out`` may be an fsspec URL: the models folder is made in a local temporary folder and
+    uploaded, the version's files first and the newest model's card last. Returns the version's
+    local folder (the temporary one for a URL: read it before it goes).
+    """
     result = train_classifier(
         ex.features, ex.labels, ex.groups, ex.kinds, target_precision=target_precision, seed=seed
     )
+    if is_url(out) and not str(out).startswith("file://"):
+        local = Path(tempfile.mkdtemp(prefix="genie-clip-filter-"))
+        version_dir = _save(result, local)
+        store = Store.at(out)
+        for f in sorted(version_dir.iterdir()):
+            store.put_file(f, f"{version_dir.name}/{f.name}")
+        for name in ("clip_filter.skops", "clip_filter.json"):
+            store.put_file(local / name, name)
+        return result, version_dir
+    return result, _save(result, Path(str(out).removeprefix("file://")))
+
+
+def _save(result: TrainResult, out: Path) -> Path:
     version_dir = Path(out) / result.classifier.version
     model_path = result.classifier.save(version_dir)
     write_report(result, version_dir)
@@ -97,7 +120,7 @@ def train_and_save(
         result.family,
         result.threshold,
     )
-    return result, version_dir
+    return version_dir
 
 
 def summary_rows(result: TrainResult) -> list[dict[str, Any]]:

@@ -99,3 +99,47 @@ def test_the_clip_filter_model_loads_from_object_storage(s3_server: Any, tmp_pat
     models.remove(DEFAULT_MODEL_PATH.with_suffix(".json").name)
     with pytest.raises(ValueError, match="not found"):
         load_model(cfg)
+
+
+def test_train_clip_filter_reads_and_writes_object_storage(
+    prefect_harness: None, s3_server: Any, tmp_path: Path
+) -> None:
+    """The train-clip-filter flow with its build and its models folder both in a bucket: records
+    as build-dataset writes them (features of synthetic clips), labels by video ID."""
+    from filters.features import compute_features
+    from pipelines.build import BuildConfig, Layout
+    from pipelines.finalize import load_model
+    from pipelines.flows.train_clip_filter import train_clip_filter
+    from tests.filters.synthetic import GOOD_KINDS, KINDS, make_clip
+
+    data = Store.at(s3_server() + "/build")
+    labels = ["id,rating,kind"]
+    for kind in KINDS:
+        for seed in range(6 if kind in GOOD_KINDS else 3):
+            vid = f"url-{kind}{seed}"
+            clips = [
+                {
+                    "clip_id": f"{vid}_{c:08d}",
+                    "features": compute_features(make_clip(kind, seed, c)),
+                }
+                for c in range(2)
+            ]
+            data.write_json(
+                Layout.record(vid), {"video_id": vid, "url": f"https://x/{vid}.mp4", "clips": clips}
+            )
+            labels.append(f"{vid},{5 if kind in GOOD_KINDS else 1},{kind}")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("\n".join(labels) + "\n")
+    models = data.root.rsplit("/", 1)[0] + "/models"
+    res = train_clip_filter(data=data.root, labels=str(csv), out=models)
+    assert res["model"] == f"{models}/{res['version']}/clip_filter.skops"
+    store = Store.at(models)
+    assert {"clip_filter.skops", "clip_filter.json", "report.md"} <= {
+        k.rsplit("/", 1)[1] for k in store.keys(res["version"])
+    }
+    cfg = BuildConfig(
+        out=str(tmp_path / "d"), sources=csv, model_path=f"{models}/clip_filter.skops"
+    )
+    model = load_model(cfg)  # the newest model, as a build would load it from the bucket
+    assert model is not None and model.version == res["version"]
+    assert res["metrics"]["roc_auc"] > 0.9
