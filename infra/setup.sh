@@ -34,9 +34,18 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
 fi
-# Quiet pip, but keep its errors. torch==2.13.0 is a CPU wheel this machine's pip finds on disk.
+# Quiet pip, but keep its errors.
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+# torch first, as the CPU build when one is at hand (this machine's pip finds 2.13.0+cpu on disk):
+# left to the resolver, the full dependency set can pick PyPI's 2.13.0, the CUDA build, which pulls
+# several GB of NVIDIA libraries. Elsewhere (no CPU wheel found) PyPI's build is what GPUs want.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install -q "torch==2.13.0+cpu" 2>/dev/null \
+    || .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+fi
+# The rest at the versions the project is tested with (infra/constraints.txt).
+.venv/bin/python -m pip install -q -c infra/constraints.txt -e ".[dev]" 2>&1 \
+  | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import genie, filters, pipelines, prefect, torch" \
   || { echo "setup: the environment is incomplete" >&2; exit 1; }
 echo "setup: ok ($(.venv/bin/python -c 'import prefect, torch; print("prefect", prefect.__version__, "torch", torch.__version__)'), $(ffmpeg -version | head -1 | cut -d' ' -f1-3))"

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -80,6 +82,11 @@ class TransientDownloadError(RuntimeError):
     def __init__(self, result: DownloadResult) -> None:
         super().__init__(f"{result.error_class}: {result.message}")
         self.result = result
+
+
+class RateLimitedError(TransientDownloadError):
+    """The host answered HTTP 429, or is paused after one: not retried in this run (hammering
+    would not help), no record written, so a later run tries again once the pause is over."""
 
 
 @dataclass(frozen=True)
@@ -306,11 +313,22 @@ def fetch_video(c: Candidate, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
     layout = Layout.of(cfg)
     if is_done(layout, c.video_id, cfg.retry_failed, signature_hash(cfg.clip)):
         return {"done": True}
+    host = urlsplit(c.url).hostname or ""
+    until = paused_until(layout, host)
+    if until is not None:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+        msg = f"{host} is paused until {when}: it answered HTTP 429 (Too Many Requests)"
+        raise RateLimitedError(
+            DownloadResult(c.video_id, False, None, "rate_limited", msg, 0, 0, None, None, None)
+        )
     result = download(
         c, layout.downloads, cfg.download, layout.archive, ledger=Ledger(layout.ledger)
     )
     if result.ok:
         return {"done": False, **asdict(result)}
+    if result.error_class == "rate_limited" and host:
+        pause_host(layout, host, result.retry_after_s or cfg.download.rate_limited_pause_s)
+        raise RateLimitedError(result)
     if result.transient:
         raise TransientDownloadError(result)
     row = audit.row(
@@ -446,6 +464,29 @@ def _finish(
     if not cfg.keep_downloads and path.exists():
         path.unlink()
     return rec
+
+
+def _pause_key(host: str) -> str:
+    # a hash, not the host name, becomes the file name
+    return f"work/paused/{hashlib.sha256(host.encode()).hexdigest()[:16]}.json"
+
+
+def pause_host(layout: Layout, host: str, seconds: float) -> None:
+    """Pause downloads from ``host`` for ``seconds``, for every worker and run that shares the
+    data root (the pause is a small file in it)."""
+    until = time.time() + max(0.0, seconds)
+    layout.store.write_json(_pause_key(host), {"host": host, "until": until})
+    log.warning("%s answered HTTP 429: downloads from it paused for %.0f s", host, seconds)
+
+
+def paused_until(layout: Layout, host: str) -> float | None:
+    """When ``host``'s pause ends (unix seconds), or None when it is not paused."""
+    if not host:
+        return None
+    rec = layout.store.read_json_or(_pause_key(host), None)
+    if rec is None or rec.get("host") != host or float(rec["until"]) <= time.time():
+        return None
+    return float(rec["until"])
 
 
 def transient_failure_rows(c: Candidate, error: BaseException, run_id: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ the yt-dlp option builder with its logging adapter.
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import logging
 import os
@@ -40,6 +41,7 @@ ERROR_CLASSES = (
     "unavailable",
     "private",
     "blocked",
+    "rate_limited",
     "http_error",
     "not_found",
     "timeout",
@@ -69,6 +71,8 @@ class DownloadConfig:
     retry_base_delay_s: float = 2.0  # backoff: base * 2**(attempt - 1) ...
     retry_max_delay_s: float = 120.0  # ... capped at this
     ratelimit: int | None = None  # bytes/s per download; None: unlimited
+    # After an HTTP 429 the host is paused for its Retry-After, or this long without one.
+    rate_limited_pause_s: float = 3600.0
     max_concurrent: int = 2  # downloads at once in this process (all threads share the limit)
     enable_file_urls: bool = False  # allow file:// URLs (yt-dlp disables them for safety)
     sleep_requests_s: float = 0.0  # pause between yt-dlp's HTTP requests (YouTube rate limits)
@@ -163,9 +167,10 @@ _MESSAGE_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     for cls, pat in (
         ("too_large", r"max-filesize|larger than max|too large"),
         ("not_found", r"http error (404|410)\b|not found"),
+        ("rate_limited", r"http error 429\b|too many requests"),
         (
             "blocked",
-            r"http error (401|403|429)\b|sign in to confirm|not a bot|geo.?restrict"
+            r"http error (401|403)\b|sign in to confirm|not a bot|geo.?restrict"
             r"|not available in your country|forbidden",
         ),
         ("http_error", r"http error \d{3}\b"),
@@ -222,7 +227,9 @@ def classify(error: BaseException | str) -> tuple[str, bool]:
             if isinstance(e, HTTPError):
                 if e.status in (404, 410):
                     return "not_found", False
-                if e.status in (401, 403, 429):  # 429: pause the source, hammering won't help
+                if e.status == 429:  # not retried at once: the host is paused (build.fetch_video)
+                    return "rate_limited", False
+                if e.status in (401, 403):
                     return "blocked", False
                 return "http_error", 500 <= e.status < 600
             if isinstance(e, TimeoutError):
@@ -251,6 +258,21 @@ def classify(error: BaseException | str) -> tuple[str, bool]:
     return "unknown", False
 
 
+def retry_after_s(error: BaseException) -> float | None:
+    """Seconds an HTTP 429 answer asked to wait (its Retry-After: seconds or an HTTP date)."""
+    for e in _causes(error):
+        if isinstance(e, HTTPError) and e.status == 429:
+            value = (e.response.headers.get("Retry-After") or "").strip()
+            if value.isdigit():
+                return float(value)
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                return None
+            return max(0.0, when.timestamp() - time.time())
+    return None
+
+
 @dataclass(frozen=True)
 class DownloadResult:
     video_id: str
@@ -264,6 +286,7 @@ class DownloadResult:
     width: int | None
     height: int | None
     transient: bool = False  # a failure worth retrying later (timeout, network, 5xx)
+    retry_after_s: float | None = None  # what an HTTP 429 answer asked for
 
 
 _limiter_lock = threading.Lock()
@@ -305,10 +328,15 @@ def _archive_has(archive: Path, c: Candidate) -> bool:
 
 
 def _fail(
-    c: Candidate, cls: str, message: str, attempts: int, transient: bool = False
+    c: Candidate,
+    cls: str,
+    message: str,
+    attempts: int,
+    transient: bool = False,
+    retry_after: float | None = None,
 ) -> DownloadResult:
     return DownloadResult(
-        c.video_id, False, None, cls, message, attempts, 0, None, None, None, transient
+        c.video_id, False, None, cls, message, attempts, 0, None, None, None, transient, retry_after
     )
 
 
@@ -349,7 +377,7 @@ def _attempt(
     except Exception as e:  # yt-dlp raises DownloadError and friends; all become data
         cleanup()
         cls, transient = classify(e)
-        return _fail(c, cls, error_text(e), attempt, transient), transient
+        return _fail(c, cls, error_text(e), attempt, transient, retry_after_s(e)), transient
 
     done = [p for p in dest_dir.glob(f"{stem}.*") if not p.name.endswith((".part", ".ytdl"))]
     if not done:

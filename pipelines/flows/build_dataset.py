@@ -39,6 +39,7 @@ from pipelines import atomic
 from pipelines.build import (
     BuildConfig,
     Layout,
+    RateLimitedError,
     Resolved,
     TransientDownloadError,
     cut_video_stage,
@@ -66,6 +67,8 @@ def _retry_transient(task: Any, task_run: Any, state: State) -> bool:
     """Retry only what is worth retrying: a timeout, a dropped connection, a 5xx."""
     try:
         state.result()
+    except RateLimitedError:
+        return False  # the host is paused: asking again now would only prolong it
     except TransientDownloadError:
         return True
     except Exception:

@@ -42,7 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-ROUTES = ("plain", "404", "flaky", "drop", "stall", "nolength", "slow")
+ROUTES = ("plain", "404", "429", "flaky", "drop", "stall", "nolength", "slow")
 _CHUNK = 64 * 1024
 
 
@@ -126,12 +126,14 @@ def _handler(srv: Server) -> type[BaseHTTPRequestHandler]:
 
         def _route(self) -> tuple[str, str]:
             path = unquote(urlsplit(self.path).path).lstrip("/")
-            m = re.match(r"_(404|flaky|drop|stall|nolength|slow)/(.*)$", path)
+            m = re.match(r"_(404|429|flaky|drop|stall|nolength|slow)/(.*)$", path)
             return (m.group(1), m.group(2)) if m else ("plain", path)
 
         def _error(self, code: int) -> None:
             body = f"error {code}\n".encode()
             self.send_response(code)
+            if code == 429:
+                self.send_header("Retry-After", "120")
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -146,6 +148,8 @@ def _handler(srv: Server) -> type[BaseHTTPRequestHandler]:
             file = (srv.root / rel).resolve()
             if route == "404" or not file.is_file() or srv.root.resolve() not in file.parents:
                 return self._error(404)
+            if route == "429":
+                return self._error(429)
             if route == "flaky":
                 with srv._lock:
                     srv._flaky_seen[rel] += 1

@@ -124,6 +124,41 @@ def test_404_is_not_found_and_not_retried(tmp_path: Path, srv: Server) -> None:
     assert srv.count("a.mp4", route="404") == 2
 
 
+def test_429_pauses_the_host_for_every_worker_and_writes_no_record(
+    tmp_path: Path, srv: Server
+) -> None:
+    from pipelines.build import BuildConfig, Layout, RateLimitedError, fetch_video, paused_until
+
+    sources = tmp_path / "sources.txt"
+    sources.write_text("")
+    cfg = BuildConfig(out=str(tmp_path / "data"), sources=sources, download=FAST)
+    layout = Layout.of(cfg)
+    c = direct(srv.url("c.mp4", route="429"))
+    r = download(c, tmp_path / "dl", FAST, tmp_path / "archive.txt")
+    # asked once, not hammered with retries; the server's Retry-After is kept
+    assert (r.ok, r.error_class, r.attempts, r.retry_after_s) == (False, "rate_limited", 1, 120.0)
+    assert srv.count("c.mp4", route="429") == 1
+    with pytest.raises(RateLimitedError, match="rate_limited"):
+        fetch_video(c, cfg, "run1")
+    until = paused_until(layout, "127.0.0.1")
+    assert until is not None and 100 < until - time.time() <= 120
+    # Another video on the paused host: refused without a request, by any worker that shares the
+    # data root; and nothing is recorded, so a later run tries both again.
+    other = direct(srv.url("d.mp4"))
+    gets = len(srv.requests)
+    with pytest.raises(RateLimitedError, match="paused until"):
+        fetch_video(other, cfg, "run1")
+    assert len(srv.requests) == gets
+    assert not layout.store.keys("work/videos")
+    # once the pause is over, the host is asked again
+    layout.store.write_json(
+        "work/paused/" + layout.store.keys("work/paused")[0].rsplit("/", 1)[1],
+        {"host": "127.0.0.1", "until": time.time() - 1},
+    )
+    assert paused_until(layout, "127.0.0.1") is None
+    assert fetch_video(other, cfg, "run2")["done"] is False
+
+
 def test_5xx_is_retried_until_it_succeeds(tmp_path: Path, srv: Server) -> None:
     led = Ledger(tmp_path / "ledger.sqlite")
     c = direct(srv.url("b.mp4", route="flaky"))
@@ -388,6 +423,7 @@ def test_format_selection_prefers_smallest_usable(tmp_path: Path) -> None:
         ("ERROR: [youtube] x: Video unavailable. This video has been removed", "unavailable"),
         ("ERROR: [youtube] x: Sign in to confirm you're not a bot", "blocked"),
         ("ERROR: unable to download video data: HTTP Error 403: Forbidden", "blocked"),
+        ("ERROR: unable to download video data: HTTP Error 429: Too Many Requests", "rate_limited"),
         ("ERROR: unable to download video data: HTTP Error 503: Service Unavailable", "http_error"),
         ("ERROR: Unsupported URL: https://example.org/page", "unsupported"),
         ("ERROR: [youtube] x: Requested format is not available", "no_video_format"),
