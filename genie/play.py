@@ -482,8 +482,12 @@ class PlayApp:
         return {"data_version": version, "train_data_version": trained,
                 "held_out": None if not (trained and version) else trained != version}  # fmt: skip
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> bool:
+        """Stop the worker after the job in hand; False when it is still busy after ``timeout``
+        (a long generation or the controls computation, which cannot be cut short)."""
         self._jobs.put(None)
+        self._worker.join(timeout)
+        return not self._worker.is_alive()
 
     # -- actions (request threads) ---------------------------------------------------------------
     def reset(self, prompt_id: str) -> None:
@@ -665,10 +669,11 @@ class PlayServer:
         while self._thread.is_alive():
             self._thread.join(0.5)
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Stop serving; False when the model's worker was still busy (see PlayApp.close)."""
         self.httpd.shutdown()
         self.httpd.server_close()
-        self.app.close()
+        return self.app.close()
 
 
 def serve(

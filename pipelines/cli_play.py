@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 
@@ -30,9 +32,15 @@ def cmd_play(a: argparse.Namespace) -> int:
     try:
         server.wait()
     except KeyboardInterrupt:
-        print("genie play: stopped")
+        print("genie play: stopped", flush=True)
     finally:
-        server.close()
+        idle = server.close()
+    if not idle:
+        # The worker thread is inside a long torch/PyAV call that cannot be interrupted; letting
+        # the interpreter finalize around it can hang. Ctrl-C must stop the server: leave now.
+        print("genie play: abandoned the work in flight", flush=True)
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

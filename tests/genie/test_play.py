@@ -378,16 +378,27 @@ def test_cli_serves_until_ctrl_c(run_dir: Path, dataset: Path) -> None:
     """`genie play` prints the URL, serves, and exits 0 on SIGINT (Ctrl-C)."""
     cmd = [sys.executable, "-c", CLI_SCRIPT, "play", "--run", str(run_dir), "--data", str(dataset),
            "--maskgit-steps", "2"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # PYTHONFAULTHANDLER: should it hang, SIGABRT below makes it print every thread's stack
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     root = str(Path(__file__).resolve().parents[2])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=root, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a shell
+    )  # fmt: skip
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
         assert m, line
         assert call(m.group(1), "/api/info")[1]["maskgit_steps"] == 2
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        try:
+            out, err = proc.communicate(timeout=30)  # reads the pipes: a full one cannot block it
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=10)
+            raise AssertionError(f"genie play did not stop on SIGINT:\n{out}\n{err[-6000:]}") from None
+        assert proc.returncode == 0, err[-3000:]
+        assert "genie play: stopped" in out
     finally:
         if proc.poll() is None:
             proc.kill()
