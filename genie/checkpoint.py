@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,18 +40,7 @@ def sidecar_path(pt: str | Path) -> Path:
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-" + path.name + ".", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    remote.atomic_write(path, write)
 
 
 def list_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:

@@ -117,28 +117,28 @@ def upload(local: str | Path, url: str) -> None:
         fs, p = filesystem(url)
         fs.put_file(str(local), p)
         return
-    _atomic_copy(lambda tmp: shutil.copyfile(local, tmp), Path(url))
+    atomic_write(Path(url), lambda tmp: shutil.copyfile(local, tmp))
 
 
-def _atomic_copy(write: Callable[[str], object], dst: Path) -> None:
-    """write(temporary path) in dst's folder, fsync, rename to dst."""
+def atomic_write(dst: Path, write: Callable[[Path], object]) -> None:
+    """write(a temporary path in dst's folder), fsync, rename to dst: readers never see half."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + dst.name + ".", dir=dst.parent)
+    fd, name = tempfile.mkstemp(prefix=".tmp-" + dst.name + ".", dir=dst.parent)
     os.close(fd)
+    tmp = Path(name)
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dst)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def download(url: str, local: str | Path) -> Path:
     """Copy an object to `local` atomically (a temporary name in the same folder, then rename)."""
     fs, p = filesystem(url)
-    _atomic_copy(lambda tmp: fs.get_file(p, tmp), Path(local))
+    atomic_write(Path(local), lambda tmp: fs.get_file(p, str(tmp)))
     return Path(local)
 
 
