@@ -302,8 +302,16 @@ def _write_record(
     return rec
 
 
-def fetch_video(c: Candidate, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
+def fetch_video(
+    c: Candidate,
+    cfg: BuildConfig,
+    run_id: str,
+    before_download: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Download one video (skipped when its record exists).
+
+    ``before_download`` runs just before the request, once the video is known to need one (the
+    flow takes a slot of the server's download rate limit there).
 
     Returns:
         ``{"done": True}`` when the video already has a record, else the download result as a dict.
@@ -321,6 +329,8 @@ def fetch_video(c: Candidate, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
         raise RateLimitedError(
             DownloadResult(c.video_id, False, None, "rate_limited", msg, 0, 0, None, None, None)
         )
+    if before_download is not None:
+        before_download()
     result = download(
         c, layout.downloads, cfg.download, layout.archive, ledger=Ledger(layout.ledger)
     )

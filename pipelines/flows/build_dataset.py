@@ -90,14 +90,13 @@ def resolve_task(cfg: BuildConfig) -> Resolved:
     cache_policy=NO_CACHE,
 )
 def download_task(c: Candidate, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
-    remote = not c.url.startswith("file:")
-    if remote and not is_done(
-        Layout.of(cfg), c.video_id, cfg.retry_failed, signature_hash(cfg.clip)
-    ):
+    def take_slot() -> None:
         # One slot of the server's download rate limit (a no-op when it has none): holds across
         # every worker and every machine, unlike a per-process limit. Local files are not limited.
         rate_limit(DOWNLOAD_RATE_LIMIT, occupy=1, strict=False)
-    return fetch_video(c, cfg, run_id)
+
+    remote = not c.url.startswith("file:")
+    return fetch_video(c, cfg, run_id, before_download=take_slot if remote else None)
 
 
 @task(name="probe-and-cut", cache_policy=NO_CACHE)
